@@ -1,0 +1,222 @@
+//! Command-line flags (clap derive) and turning them into validated choices: device, dtype, prompts, colour.
+
+use crate::model::Site;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "gemscope", version, about = "Inspect Gemma 2 through Gemma Scope sparse autoencoders")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Per-token SAE features, L0, variance explained and MSE for one or more prompts.
+    Features(crate::commands::features::FeaturesArgs),
+    /// Write the hooked activations of one prompt to a float32 .npy file [tokens, width].
+    Activations(crate::commands::activations::ActivationsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    pub fn dtype(self) -> DType {
+        match self {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+/// Where the model comes from and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory holding config.json, tokenizer.json and model.safetensors (or shards with model.safetensors.index.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Where to run the forward pass.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Model weights and activations dtype (the SAE always runs in f32). On the CPU, f32 is fastest.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+}
+
+/// Which activation to read.
+#[derive(Debug, Clone, Args)]
+pub struct HookArgs {
+    /// Zero-indexed decoder layer to hook.
+    #[arg(long, value_name = "N")]
+    pub layer: usize,
+    /// Site within the layer: res (block output), mlp (MLP output), att (heads concatenated, the input of o_proj).
+    #[arg(long, value_enum, default_value_t = Site::Res)]
+    pub site: Site,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PromptArgs {
+    /// Prompts to run (BOS is prepended to each).
+    #[arg(value_name = "PROMPT")]
+    pub prompts: Vec<String>,
+    /// Read prompts from a file, one per line; `-` reads standard input. Blank lines are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub prompts_file: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    /// The prompts from the arguments, then from the file; at least one, none empty.
+    pub fn collect(&self) -> Result<Vec<String>> {
+        let mut prompts = Vec::new();
+        for (i, p) in self.prompts.iter().enumerate() {
+            ensure!(!p.is_empty(), "prompt {} is empty", i + 1);
+            prompts.push(p.clone());
+        }
+        if let Some(path) = &self.prompts_file {
+            let (name, bytes) = if path.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read prompts from standard input")?;
+                ("standard input".to_string(), bytes)
+            } else {
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read prompts file {}", path.display()))?;
+                (path.display().to_string(), bytes)
+            };
+            let from_file = parse_prompt_lines(&bytes).with_context(|| format!("bad prompts in {name}"))?;
+            ensure!(!from_file.is_empty(), "{name} holds no prompts");
+            prompts.extend(from_file);
+        }
+        ensure!(!prompts.is_empty(), "no prompt given: pass prompts as arguments or use --prompts-file");
+        Ok(prompts)
+    }
+}
+
+/// Splits a prompts file into its non-blank lines (`\n` or `\r\n` endings).
+pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("invalid UTF-8 on line {line} (byte {})", e.valid_up_to())
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    /// Colour when standard output is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print one JSON document (the schema is in the README).
+    #[arg(long, conflicts_with = "jsonl")]
+    pub json: bool,
+    /// Print one JSON object per prompt per line, as each prompt finishes.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Colour in the human table. NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+impl OutputArgs {
+    pub fn use_color(&self) -> bool {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        match self.color {
+            _ if no_color => false,
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto => std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// The device the user asked for, or an error that says how to get it.
+pub fn select_device(arg: DeviceArg) -> Result<Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            if !cfg!(feature = "cuda") {
+                bail!(
+                    "--device cuda: this gemscope was built without CUDA; rebuild it with \
+                     `cargo install --path . --features cuda` (needs the CUDA toolkit)"
+                );
+            }
+            Device::new_cuda(0).context("--device cuda: cannot open CUDA device 0")
+        }
+        DeviceArg::Auto => {
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                if let Ok(device) = Device::new_cuda(0) {
+                    return Ok(device);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+pub fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_lines_skip_blanks_and_strip_crlf() {
+        let lines = parse_prompt_lines(b"one\r\n\n  \ntwo\n").unwrap();
+        assert_eq!(lines, vec!["one", "two"]);
+        let err = parse_prompt_lines(b"ok\n\xff\xfe").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn flags_parse() {
+        Cli::command_for_test();
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+}

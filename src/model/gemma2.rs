@@ -1,0 +1,375 @@
+//! The Gemma 2 forward pass (transformers' `modeling_gemma2.py` is the reference), with a hook at every site.
+//!
+//! Tensor names follow the checkpoint (`model.layers.{i}.self_attn.q_proj.weight`, ...) through
+//! `vb.pp(...)`. Only the blocks a job needs are loaded: [`Parts`] says how many.
+
+use super::config::{Activation, AttentionKind, Config};
+use super::hook::{Hook, HookPoint, Site};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use std::ops::Range;
+
+/// Which parts of the checkpoint to load: blocks `0..blocks`, and the final norm with the tied
+/// LM head when logits are needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub blocks: usize,
+    pub head: bool,
+}
+
+impl Parts {
+    /// Blocks 0..=layer and nothing after: enough to read any site of `layer`.
+    pub fn through_layer(layer: usize) -> Self {
+        Self { blocks: layer + 1, head: false }
+    }
+
+    /// The whole model, to the soft-capped logits.
+    pub fn full(cfg: &Config) -> Self {
+        Self { blocks: cfg.num_hidden_layers, head: true }
+    }
+}
+
+/// Gemma's RMSNorm: computed in f32 and scaled by `(1 + weight)`, then cast back to the input dtype.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// `1 + weight`, kept in f32 whatever the model dtype, as transformers computes it.
+    scale: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints_dtype(size, "weight", Default::default(), DType::F32)?;
+        Ok(Self { scale: (weight + 1.0)?, eps: eps as f32 })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let xs = xs.to_dtype(DType::F32)?;
+        candle_nn::ops::rms_norm(&xs, &self.scale, self.eps)?.to_dtype(dtype)
+    }
+}
+
+/// Rotary position embedding tables (`cos`, `sin`: `[seq, head_dim / 2]`) computed in f32 as
+/// transformers does, then cast to the model dtype.
+fn rotary_tables(cfg: &Config, seq_len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let inv_freq: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+        .collect();
+    let mut freqs = Vec::with_capacity(seq_len * dim / 2);
+    for pos in 0..seq_len {
+        freqs.extend(inv_freq.iter().map(|f| pos as f32 * f));
+    }
+    let freqs = Tensor::from_vec(freqs, (seq_len, dim / 2), device)?;
+    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+}
+
+/// An additive causal mask `[seq, seq]` in f32: 0 where query `i` may attend to key `j`, -inf
+/// elsewhere. A sliding-window layer also hides keys `window` or more positions back.
+fn causal_mask(seq_len: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..seq_len)
+        .flat_map(|i| {
+            (0..seq_len).map(move |j| {
+                let visible = j <= i && window.is_none_or(|w| i - j < w);
+                if visible { 0.0 } else { f32::NEG_INFINITY }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (seq_len, seq_len), device)
+}
+
+/// What every block needs to know about the sequence: rotary tables and both attention masks.
+#[derive(Debug, Clone)]
+pub struct SequenceContext {
+    cos: Tensor,
+    sin: Tensor,
+    global_mask: Tensor,
+    sliding_mask: Tensor,
+}
+
+impl SequenceContext {
+    pub fn new(cfg: &Config, seq_len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let (cos, sin) = rotary_tables(cfg, seq_len, dtype, device)?;
+        Ok(Self {
+            cos,
+            sin,
+            global_mask: causal_mask(seq_len, None, device)?,
+            sliding_mask: causal_mask(seq_len, Some(cfg.sliding_window), device)?,
+        })
+    }
+
+    fn mask(&self, kind: AttentionKind) -> &Tensor {
+        match kind {
+            AttentionKind::Sliding => &self.sliding_mask,
+            AttentionKind::Global => &self.global_mask,
+        }
+    }
+}
+
+fn softcap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(cap) => (xs / cap)?.tanh()? * cap,
+        None => Ok(xs.clone()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    /// `query_pre_attn_scalar^-0.5`, which is not `head_dim^-0.5` for every Gemma 2 (27B).
+    scale: f64,
+    softcap: Option<f64>,
+    kind: AttentionKind,
+}
+
+impl Attention {
+    pub fn new(cfg: &Config, kind: AttentionKind, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: candle_nn::linear_b(h, heads * hd, bias, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_b(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_b(heads * hd, h, bias, vb.pp("o_proj"))?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            scale: cfg.query_pre_attn_scalar.powf(-0.5),
+            softcap: cfg.attn_logit_softcapping,
+            kind,
+        })
+    }
+
+    /// `[b, t, heads * head_dim]` -> `[b, heads, t, head_dim]`
+    fn split_heads(&self, xs: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        xs.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Grouped-query attention: each KV head serves `heads / kv_heads` query heads.
+    fn repeat_kv(&self, xs: Tensor) -> Result<Tensor> {
+        let n_rep = self.num_heads / self.num_kv_heads;
+        if n_rep == 1 {
+            return Ok(xs);
+        }
+        let (b, kv, t, d) = xs.dims4()?;
+        xs.unsqueeze(2)?.expand((b, kv, n_rep, t, d))?.reshape((b, kv * n_rep, t, d))
+    }
+
+    pub fn forward(&self, xs: &Tensor, ctx: &SequenceContext, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let q = self.split_heads(&self.q_proj.forward(xs)?, self.num_heads)?;
+        let k = self.split_heads(&self.k_proj.forward(xs)?, self.num_kv_heads)?;
+        let v = self.split_heads(&self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let k = self.repeat_kv(k)?.contiguous()?;
+        let v = self.repeat_kv(v)?.contiguous()?;
+
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = softcap(&scores, self.softcap)?;
+        // The mask goes on after the soft-cap, and softmax runs in f32, as in the reference.
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(ctx.mask(self.kind))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let heads_out = probs.matmul(&v)?;
+        let concat = heads_out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        let concat = visit(hook, HookPoint { layer, site: Site::Att }, concat)?;
+        self.o_proj.forward(&concat)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+            activation: cfg.hidden_activation,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs)?;
+        let gate = match self.activation {
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::GeluErf => gate.gelu_erf()?,
+        };
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderBlock {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: RmsNorm,
+    post_feedforward_layernorm: RmsNorm,
+    layer: usize,
+}
+
+impl DecoderBlock {
+    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::new(cfg, cfg.layer_types[layer], vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
+            pre_feedforward_layernorm: RmsNorm::new(h, eps, vb.pp("pre_feedforward_layernorm"))?,
+            post_feedforward_layernorm: RmsNorm::new(h, eps, vb.pp("post_feedforward_layernorm"))?,
+            layer,
+        })
+    }
+
+    /// `h = x + post_attn_norm(attn(input_norm(x)))`; `out = h + post_ff_norm(mlp(pre_ff_norm(h)))`.
+    pub fn forward(&self, xs: &Tensor, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+        let layer = self.layer;
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook)?;
+        let hidden = (xs + self.post_attention_layernorm.forward(&attn)?)?;
+        let mlp = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&hidden)?)?;
+        let mlp = self.post_feedforward_layernorm.forward(&mlp)?;
+        let mlp = visit(hook, HookPoint { layer, site: Site::Mlp }, mlp)?;
+        visit(hook, HookPoint { layer, site: Site::Res }, (hidden + mlp)?)
+    }
+}
+
+/// Lets the hook see an activation and take its replacement, if it returns one.
+fn visit(hook: &mut dyn Hook, point: HookPoint, activation: Tensor) -> Result<Tensor> {
+    match hook.visit(point, &activation)? {
+        Some(replacement) => {
+            if replacement.shape() != activation.shape() {
+                candle_core::bail!(
+                    "hook at layer {} {} returned shape {:?}, expected {:?}",
+                    point.layer,
+                    point.site,
+                    replacement.shape(),
+                    activation.shape()
+                );
+            }
+            replacement.to_dtype(activation.dtype())
+        }
+        None => Ok(activation),
+    }
+}
+
+/// Gemma 2 with blocks `0..parts.blocks` loaded.
+#[derive(Debug, Clone)]
+pub struct Gemma2 {
+    embed_tokens: Tensor,
+    blocks: Vec<DecoderBlock>,
+    /// The final norm; present only when the LM head was asked for.
+    norm: Option<RmsNorm>,
+    cfg: Config,
+    dtype: DType,
+    device: Device,
+}
+
+impl Gemma2 {
+    /// Loads the embeddings, the requested blocks and (optionally) the final norm from `vb`,
+    /// whose root holds the checkpoint's `model.*` tensors.
+    pub fn new(cfg: &Config, parts: Parts, vb: VarBuilder) -> Result<Self> {
+        if parts.blocks > cfg.num_hidden_layers {
+            candle_core::bail!("asked for {} blocks of a {}-layer model", parts.blocks, cfg.num_hidden_layers);
+        }
+        let vb = vb.pp("model");
+        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let blocks = (0..parts.blocks)
+            .map(|i| DecoderBlock::new(cfg, i, vb.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = if parts.head {
+            Some(RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?)
+        } else {
+            None
+        };
+        Ok(Self { embed_tokens, blocks, norm, cfg: cfg.clone(), dtype: vb.dtype(), device: vb.device().clone() })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of loaded blocks: layers `0..loaded_blocks()` can be run.
+    pub fn loaded_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn context(&self, seq_len: usize) -> Result<SequenceContext> {
+        SequenceContext::new(&self.cfg, seq_len, self.dtype, &self.device)
+    }
+
+    /// Token embeddings `[b, t, hidden]`, scaled by `sqrt(hidden_size)` rounded to the model dtype.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let rows = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?;
+        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?.to_dtype(self.dtype)?;
+        rows.reshape((b, t, self.cfg.hidden_size))?.broadcast_mul(&normalizer)
+    }
+
+    /// Runs blocks `layers` over the residual stream `xs`, letting `hook` see every site.
+    pub fn run_blocks(&self, xs: Tensor, layers: Range<usize>, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+        if layers.end > self.blocks.len() {
+            candle_core::bail!("layer {} is not loaded ({} blocks loaded)", layers.end - 1, self.blocks.len());
+        }
+        let mut xs = xs;
+        for block in &self.blocks[layers] {
+            xs = block.forward(&xs, ctx, hook)?;
+        }
+        Ok(xs)
+    }
+
+    /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
+    pub fn residual_after(&self, input_ids: &Tensor, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
+        let ctx = self.context(input_ids.dim(1)?)?;
+        self.run_blocks(self.embed(input_ids)?, 0..layer + 1, &ctx, hook)
+    }
+
+    /// Final norm, tied LM head and the `30 * tanh(z / 30)` soft-cap: `[b, t, vocab]`.
+    pub fn logits(&self, xs: &Tensor) -> Result<Tensor> {
+        let Some(norm) = &self.norm else {
+            candle_core::bail!("the LM head was not loaded (load with Parts::full)");
+        };
+        let xs = norm.forward(xs)?;
+        let logits = xs.broadcast_matmul(&self.embed_tokens.t()?)?;
+        softcap(&logits, self.cfg.final_logit_softcapping)
+    }
+
+    /// The full forward pass to soft-capped logits `[b, t, vocab]`.
+    pub fn forward(&self, input_ids: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        let ctx = self.context(input_ids.dim(1)?)?;
+        let xs = self.run_blocks(self.embed(input_ids)?, 0..self.blocks.len(), &ctx, hook)?;
+        self.logits(&xs)
+    }
+}

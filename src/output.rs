@@ -1,0 +1,246 @@
+//! Formatters over the report structs: the human table, JSON and JSONL. They only format.
+
+use crate::report::{FeaturesReport, PromptLine, PromptReport};
+use serde::Serialize;
+use std::io::{self, Write};
+use unicode_width::UnicodeWidthStr;
+
+/// How to render for a human: with ANSI colour or without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, sgr: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{sgr}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn bold(&self, text: &str) -> String {
+        self.paint("1", text)
+    }
+    fn dim(&self, text: &str) -> String {
+        self.paint("2", text)
+    }
+    fn feature(&self, text: &str) -> String {
+        self.paint("36", text)
+    }
+    fn value(&self, text: &str) -> String {
+        self.paint("33", text)
+    }
+}
+
+/// A token piece made safe to print on one line: control characters escaped (`\n`, `\t`,
+/// `\u{1b}`), everything else (the `▁` of a leading space included) kept as the vocabulary has it.
+pub fn display_piece(piece: &str) -> String {
+    let mut out = String::with_capacity(piece.len());
+    for c in piece.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The prompt text as it appears in the table heading: quoted, control characters escaped.
+fn display_prompt(text: &str) -> String {
+    let escaped = display_piece(text);
+    let shown: String = escaped.chars().take(80).collect();
+    if shown.len() < escaped.len() {
+        format!("\"{shown}…\"")
+    } else {
+        format!("\"{shown}\"")
+    }
+}
+
+/// Pads `text` on the right to `width` terminal columns (wide characters count double).
+fn pad(text: &str, width: usize) -> String {
+    let w = text.width();
+    format!("{text}{}", " ".repeat(width.saturating_sub(w)))
+}
+
+fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) => format!("{v:.decimals$}"),
+        None => "n/a".to_string(),
+    }
+}
+
+const MAX_TOKEN_COLUMNS: usize = 24;
+
+/// Shortens a piece to the token column's width.
+fn clip(piece: &str) -> String {
+    if piece.width() <= MAX_TOKEN_COLUMNS {
+        return piece.to_string();
+    }
+    let mut out = String::new();
+    for c in piece.chars() {
+        if out.width() + c.to_string().width() >= MAX_TOKEN_COLUMNS {
+            break;
+        }
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// The human table for `gemscope features`.
+pub fn write_features_table(w: &mut dyn Write, report: &FeaturesReport, style: Style) -> io::Result<()> {
+    writeln!(
+        w,
+        "{} layer {} {} · SAE {} features ({}) · {} {}",
+        style.bold("gemscope features:"),
+        report.hook.layer,
+        report.hook.site,
+        report.sae.d_sae,
+        report.sae.source,
+        report.model.device,
+        report.model.dtype
+    )?;
+    for prompt in &report.prompts {
+        writeln!(w)?;
+        write_prompt_table(w, prompt, style)?;
+    }
+    Ok(())
+}
+
+fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) -> io::Result<()> {
+    writeln!(w, "{} {}", style.bold(&format!("prompt {}:", prompt.index + 1)), display_prompt(&prompt.text))?;
+    let pieces: Vec<String> = prompt.tokens.iter().map(|t| clip(&display_piece(&t.text))).collect();
+    let token_width = pieces.iter().map(|p| p.width()).max().unwrap_or(5).max("token".len());
+    let pos_width = prompt.tokens.len().saturating_sub(1).to_string().len().max(3);
+    writeln!(
+        w,
+        "  {}",
+        style.dim(&format!("{:>pos_width$}  {}  {:>4}  top features (id activation)", "pos", pad("token", token_width), "L0"))
+    )?;
+    for (token, piece) in prompt.tokens.iter().zip(&pieces) {
+        let lead = format!("{:>pos_width$}  {}", token.position, pad(piece, token_width));
+        if token.bos {
+            writeln!(w, "  {}", style.dim(&format!("{lead}  {:>4}  BOS, excluded from statistics", "-")))?;
+            continue;
+        }
+        let features: Vec<String> = token
+            .top_features
+            .iter()
+            .map(|f| format!("{} {}", style.feature(&format!("#{:<5}", f.feature)), style.value(&format!("{:>7.2}", f.activation))))
+            .collect();
+        let features = if features.is_empty() { style.dim("(none active)") } else { features.join("   ") };
+        writeln!(w, "  {lead}  {:>4}  {features}", token.l0)?;
+    }
+    let counted = prompt.tokens.len() - 1;
+    writeln!(
+        w,
+        "  mean L0 {}   variance explained {}   MSE {}   over {counted} token{}",
+        style.bold(&format!("{:.1}", prompt.mean_l0)),
+        style.bold(&fmt_opt(prompt.variance_explained, 4)),
+        style.bold(&fmt_opt(prompt.mse, 6)),
+        if counted == 1 { "" } else { "s" }
+    )?;
+    if prompt.top_features.is_empty() {
+        writeln!(w, "  {}", style.dim("no feature fired on this prompt"))?;
+        return Ok(());
+    }
+    writeln!(w, "  {}", style.dim(&format!("{:<10}{:>10}{:>10}{:>8}", "top feature", "sum", "max", "tokens")))?;
+    for f in &prompt.top_features {
+        writeln!(
+            w,
+            "  {}{}{:>10.2}{:>8}",
+            style.feature(&format!("#{:<9}", f.feature)),
+            style.value(&format!("{:>10.2}", f.activation_sum)),
+            f.activation_max,
+            f.active_tokens
+        )?;
+    }
+    Ok(())
+}
+
+/// One pretty-printed JSON document and a newline.
+pub fn write_json<T: Serialize>(w: &mut dyn Write, value: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, value).map_err(io::Error::other)?;
+    writeln!(w)
+}
+
+/// One compact JSON object on its own line.
+pub fn write_jsonl_line(w: &mut dyn Write, line: &PromptLine<'_>) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, line).map_err(io::Error::other)?;
+    writeln!(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{AggregateFeature, FeatureActivation};
+    use crate::model::Site;
+    use crate::report::*;
+
+    fn report() -> FeaturesReport {
+        let token = |position, id, text: &str, bos, l0, top: Vec<FeatureActivation>| TokenReport {
+            position,
+            id,
+            text: text.into(),
+            bos,
+            l0,
+            top_features: top,
+        };
+        FeaturesReport {
+            schema_version: SCHEMA_VERSION,
+            gemscope_version: "test",
+            model: ModelInfo { source: "m".into(), num_layers: 4, hidden_size: 8, device: "cpu".into(), dtype: "f32".into() },
+            sae: SaeInfo { source: "s.npz".into(), d_in: 8, d_sae: 16 },
+            hook: HookInfo { layer: 1, site: Site::Res },
+            top_k: 2,
+            prompts: vec![PromptReport {
+                index: 0,
+                text: "a\nb".into(),
+                tokens: vec![
+                    token(0, 2, "<bos>", true, 9, vec![]),
+                    token(1, 40, "a", false, 2, vec![FeatureActivation { feature: 3, activation: 1.5 }]),
+                    token(2, 7, "<0x0A>", false, 0, vec![]),
+                    token(3, 41, "▁東京\n", false, 1, vec![FeatureActivation { feature: 12, activation: 0.25 }]),
+                ],
+                mean_l0: 1.0,
+                variance_explained: Some(0.75),
+                mse: Some(0.125),
+                top_features: vec![AggregateFeature { feature: 3, activation_sum: 1.5, activation_max: 1.5, active_tokens: 1 }],
+            }],
+        }
+    }
+
+    #[test]
+    fn table_escapes_controls_marks_bos_and_aligns() {
+        let mut out = Vec::new();
+        write_features_table(&mut out, &report(), Style { color: false }).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("prompt 1: \"a\\nb\""), "{text}");
+        assert!(text.contains("BOS, excluded"), "{text}");
+        assert!(text.contains("▁東京\\n"), "{text}");
+        assert!(text.contains("(none active)"), "{text}");
+        assert!(text.contains("variance explained 0.7500"), "{text}");
+        assert!(!text.contains('\x1b'), "no colour when off");
+        // The L0 column starts at the same terminal column on every token row, wide characters included.
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("#3 ") || l.contains("#12 ")).collect();
+        let l0_col: Vec<usize> = rows.iter().map(|l| l.split("  #").next().unwrap().trim_end().width()).collect();
+        assert_eq!(l0_col[0], l0_col[1], "{text}");
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let mut out = Vec::new();
+        write_features_table(&mut out, &report(), Style { color: true }).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("\x1b[36m"));
+    }
+
+    #[test]
+    fn display_piece_escapes_every_control_character() {
+        assert_eq!(display_piece("a\u{1b}b\tc"), "a\\u{1b}b\\tc");
+        assert_eq!(display_piece("▁Golden"), "▁Golden");
+    }
+}

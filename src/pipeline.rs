@@ -1,0 +1,96 @@
+//! The data path from token ids to a prompt report: hooked forward pass, SAE encode/decode, metrics.
+
+use crate::metrics::{self, ReconstructionSums};
+use crate::model::{Capture, Gemma2, HookPoint};
+use crate::report::{PromptReport, TokenReport};
+use crate::sae::JumpReluSae;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Tensor};
+
+/// The activation `[tokens, width]` at `point` for one prompt's ids (BOS included), in f32.
+/// Runs blocks `0..=point.layer` and no further.
+pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> {
+    ensure!(!ids.is_empty(), "no tokens to run");
+    let max = model.config().max_position_embeddings;
+    ensure!(ids.len() <= max, "the prompt has {} tokens, more than the model's context of {max}", ids.len());
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+    let mut hook = Capture::new(point);
+    model
+        .residual_after(&input, point.layer, &mut hook)
+        .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
+    let activation = hook.value.context("the hook point was never reached")?;
+    Ok(activation.squeeze(0)?.to_dtype(DType::F32)?)
+}
+
+/// Fails on the first NaN or infinity, naming the hook point and token: a model run in a
+/// narrow dtype can overflow, and its features would be garbage.
+pub fn ensure_finite(rows: &[Vec<f32>], point: HookPoint) -> Result<()> {
+    for (position, row) in rows.iter().enumerate() {
+        if let Some(v) = row.iter().find(|v| !v.is_finite()) {
+            bail!(
+                "the activation at layer {} {} is not finite ({v}) at token {position}; \
+                 the model overflowed (try --dtype f32)",
+                point.layer,
+                point.site
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Everything gemscope reports about one prompt, computed from its hooked activation `x`
+/// (`[tokens, d_in]`, BOS row first).
+pub struct PromptInput<'a> {
+    pub index: usize,
+    pub text: &'a str,
+    pub ids: &'a [u32],
+    pub pieces: Vec<String>,
+}
+
+/// Encodes the prompt's activations through the SAE and computes its statistics. BOS (position 0)
+/// gets its features listed but is excluded from `mean_l0`, `mse`, `variance_explained` and the
+/// aggregate ranking.
+pub fn analyze(input: PromptInput<'_>, x: &Tensor, sae: &JumpReluSae, point: HookPoint, top_k: usize) -> Result<PromptReport> {
+    let x_rows = x.to_vec2::<f32>()?;
+    ensure_finite(&x_rows, point)?;
+    ensure!(x_rows.len() >= 2, "prompt {} has no token after BOS", input.index + 1);
+    let f = sae.encode(x)?;
+    let f_rows = f.to_vec2::<f32>()?;
+
+    let tokens: Vec<TokenReport> = f_rows
+        .iter()
+        .enumerate()
+        .map(|(position, row)| TokenReport {
+            position,
+            id: input.ids[position],
+            text: input.pieces[position].clone(),
+            bos: position == 0,
+            l0: metrics::l0(row),
+            top_features: metrics::top_k(row, top_k),
+        })
+        .collect();
+    let counted = &tokens[1..];
+    let mean_l0 = counted.iter().map(|t| t.l0 as f64).sum::<f64>() / counted.len() as f64;
+
+    let reconstruction = if sae.has_decoder() {
+        let x_hat = sae.decode(&f)?.to_vec2::<f32>()?;
+        let mut sums = ReconstructionSums::default();
+        for (row, row_hat) in x_rows.iter().zip(&x_hat).skip(1) {
+            sums.add(row, row_hat);
+        }
+        sums.finish()
+    } else {
+        None
+    };
+    let top_features = metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k);
+
+    Ok(PromptReport {
+        index: input.index,
+        text: input.text.to_string(),
+        tokens,
+        mean_l0,
+        variance_explained: reconstruction.map(|r| r.variance_explained),
+        mse: reconstruction.map(|r| r.mse),
+        top_features,
+    })
+}

@@ -1,0 +1,244 @@
+//! The JumpReLU SAE of Gemma Scope: loading `params.npz` (or `.safetensors`), encode and decode in f32.
+//!
+//! `pre = x @ W_enc + b_enc`; `f = relu(pre) * (pre > threshold)`; `x_hat = f @ W_dec + b_dec`.
+//! No input normalisation. The decoder is loaded only when a reconstruction is needed.
+
+use crate::npy::{Array, NpzArchive};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+/// Whether to load `W_dec` and `b_dec` (needed for reconstructions, variance explained, MSE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaeParts {
+    EncoderOnly,
+    EncoderDecoder,
+}
+
+#[derive(Debug, Clone)]
+struct Decoder {
+    w_dec: Tensor,
+    b_dec: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct JumpReluSae {
+    /// `W_enc` transposed to `[d_sae, d_in]` at load: the encode matmul then reads both operands
+    /// along their contiguous dimension.
+    w_enc_t: Tensor,
+    b_enc: Tensor,
+    threshold: Tensor,
+    decoder: Option<Decoder>,
+    d_in: usize,
+    d_sae: usize,
+}
+
+/// A source of named f32 arrays: an npz archive or a safetensors file.
+enum ParamSource {
+    Npz(NpzArchive),
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+}
+
+impl ParamSource {
+    fn open(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match ext {
+            "npz" => Ok(Self::Npz(NpzArchive::open(path)?)),
+            "safetensors" => {
+                // Safety: read-only map of a file gemscope never writes.
+                let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                    .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+                Ok(Self::Safetensors(st))
+            }
+            _ => bail!("{}: an SAE must be a .npz (Gemma Scope params.npz) or .safetensors file", path.display()),
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Array<f32>> {
+        match self {
+            Self::Npz(npz) => npz.read_f32(name),
+            Self::Safetensors(st) => {
+                let t = st.load(name, &Device::Cpu).with_context(|| format!("SAE has no tensor {name:?}"))?;
+                let shape = t.dims().to_vec();
+                let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Array { shape, data })
+            }
+        }
+    }
+}
+
+fn check_shape(name: &str, array: &Array<f32>, expected: &[usize], meaning: &str) -> Result<()> {
+    ensure!(
+        array.shape == expected,
+        "SAE array {name} has shape {:?}, expected {expected:?} ({meaning})",
+        array.shape
+    );
+    Ok(())
+}
+
+fn check_finite(name: &str, array: &Array<f32>) -> Result<()> {
+    if let Some(i) = array.data.iter().position(|v| !v.is_finite()) {
+        bail!("SAE array {name} holds a non-finite value ({}) at flat index {i}", array.data[i]);
+    }
+    Ok(())
+}
+
+/// Transposes a row-major `[rows, cols]` matrix, in cache-sized tiles.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; data.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `(d_in, d_sae)` from the shape of `W_enc`, reading headers only.
+pub fn read_dims(path: &Path) -> Result<(usize, usize)> {
+    let shape = match ParamSource::open(path)? {
+        ParamSource::Npz(npz) => npz.header("W_enc")?.shape,
+        ParamSource::Safetensors(st) => st
+            .get("W_enc")
+            .with_context(|| format!("{} has no tensor \"W_enc\"", path.display()))?
+            .shape()
+            .to_vec(),
+    };
+    match shape[..] {
+        [d_in, d_sae] => Ok((d_in, d_sae)),
+        _ => bail!("{}: W_enc has shape {shape:?}, expected [d_in, d_sae]", path.display()),
+    }
+}
+
+impl JumpReluSae {
+    /// Loads an SAE whose input width must be `d_in` (the hooked site's width).
+    pub fn load(path: &Path, d_in: usize, parts: SaeParts, device: &Device) -> Result<Self> {
+        let source = ParamSource::open(path)?;
+        Self::from_source(&source, d_in, parts, device).with_context(|| format!("cannot load SAE {}", path.display()))
+    }
+
+    fn from_source(source: &ParamSource, d_in: usize, parts: SaeParts, device: &Device) -> Result<Self> {
+        let w_enc = source.read("W_enc")?;
+        ensure!(w_enc.shape.len() == 2, "SAE array W_enc has shape {:?}, expected [d_in, d_sae]", w_enc.shape);
+        ensure!(
+            w_enc.shape[0] == d_in,
+            "SAE array W_enc has shape {:?}: its input width {} does not match the hooked activation's width {d_in}",
+            w_enc.shape,
+            w_enc.shape[0]
+        );
+        let d_sae = w_enc.shape[1];
+        ensure!(d_sae > 0, "SAE has zero features");
+        check_finite("W_enc", &w_enc)?;
+        let b_enc = source.read("b_enc")?;
+        check_shape("b_enc", &b_enc, &[d_sae], "one bias per feature")?;
+        check_finite("b_enc", &b_enc)?;
+        let threshold = source.read("threshold")?;
+        check_shape("threshold", &threshold, &[d_sae], "one threshold per feature")?;
+        check_finite("threshold", &threshold)?;
+
+        let w_enc_t = transpose(&w_enc.data, d_in, d_sae);
+        drop(w_enc);
+        let decoder = match parts {
+            SaeParts::EncoderOnly => None,
+            SaeParts::EncoderDecoder => {
+                let w_dec = source.read("W_dec")?;
+                check_shape("W_dec", &w_dec, &[d_sae, d_in], "[d_sae, d_in]")?;
+                check_finite("W_dec", &w_dec)?;
+                let b_dec = source.read("b_dec")?;
+                check_shape("b_dec", &b_dec, &[d_in], "one bias per input dimension")?;
+                check_finite("b_dec", &b_dec)?;
+                Some(Decoder {
+                    w_dec: Tensor::from_vec(w_dec.data, (d_sae, d_in), device)?,
+                    b_dec: Tensor::from_vec(b_dec.data, d_in, device)?,
+                })
+            }
+        };
+        Ok(Self {
+            w_enc_t: Tensor::from_vec(w_enc_t, (d_sae, d_in), device)?,
+            b_enc: Tensor::from_vec(b_enc.data, d_sae, device)?,
+            threshold: Tensor::from_vec(threshold.data, d_sae, device)?,
+            decoder,
+            d_in,
+            d_sae,
+        })
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn d_sae(&self) -> usize {
+        self.d_sae
+    }
+
+    pub fn has_decoder(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    /// Feature activations `[n, d_sae]` for activations `x` `[n, d_in]` (any dtype; computed in f32).
+    pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let pre = x.matmul(&self.w_enc_t.t()?)?.broadcast_add(&self.b_enc)?;
+        let gate = pre.broadcast_gt(&self.threshold)?;
+        gate.where_cond(&pre.relu()?, &pre.zeros_like()?)
+    }
+
+    /// Reconstruction `[n, d_in]` from feature activations `f` `[n, d_sae]`.
+    pub fn decode(&self, f: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(decoder) = &self.decoder else {
+            candle_core::bail!("the SAE decoder was not loaded");
+        };
+        f.matmul(&decoder.w_dec)?.broadcast_add(&decoder.b_dec)
+    }
+
+    /// Row `feature` of `W_dec` `[d_in]`: the direction the feature writes (used for steering).
+    pub fn decoder_direction(&self, feature: usize) -> candle_core::Result<Tensor> {
+        let Some(decoder) = &self.decoder else {
+            candle_core::bail!("the SAE decoder was not loaded");
+        };
+        decoder.w_dec.get(feature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_index_definition() {
+        let (r, c) = (37, 70);
+        let data: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
+        let t = transpose(&data, r, c);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(t[j * r + i], data[i * c + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn jumprelu_gates_at_threshold_and_zero() {
+        let dev = Device::Cpu;
+        // d_in 2, d_sae 3: W_enc = identity-ish so pre = x @ W_enc + b_enc is easy to read.
+        let w_enc = Array { shape: vec![2, 3], data: vec![1., 0., 1., 0., 1., 1.] };
+        let sae = JumpReluSae {
+            w_enc_t: Tensor::from_vec(transpose(&w_enc.data, 2, 3), (3, 2), &dev).unwrap(),
+            b_enc: Tensor::new(&[0f32, 0., -10.], &dev).unwrap(),
+            threshold: Tensor::new(&[0.5f32, 0.5, 0.0], &dev).unwrap(),
+            decoder: None,
+            d_in: 2,
+            d_sae: 3,
+        };
+        let x = Tensor::new(&[[0.4f32, 2.0], [-1.0, 0.6]], &dev).unwrap();
+        let f = sae.encode(&x).unwrap().to_vec2::<f32>().unwrap();
+        // pre row 0 = [0.4, 2.0, -7.6]: 0.4 is under its threshold, -7.6 under zero.
+        assert_eq!(f[0], vec![0.0, 2.0, 0.0]);
+        assert_eq!(f[1], vec![0.0, 0.6, 0.0]);
+        assert!(sae.decode(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! gemscope's integration tests: one binary, one module per topic (as ripgrep does).
+
+mod util;
+
+mod cli;
+mod parity;
