@@ -234,11 +234,13 @@ mod tests {
             d_in: 2,
             d_sae: 3,
         };
-        let x = Tensor::new(&[[0.4f32, 2.0], [-1.0, 0.6]], &dev).unwrap();
+        let x = Tensor::new(&[[0.4f32, 2.0], [-1.0, 0.6], [0.5, 0.75]], &dev).unwrap();
         let f = sae.encode(&x).unwrap().to_vec2::<f32>().unwrap();
         // pre row 0 = [0.4, 2.0, -7.6]: 0.4 is under its threshold, -7.6 under zero.
         assert_eq!(f[0], vec![0.0, 2.0, 0.0]);
         assert_eq!(f[1], vec![0.0, 0.6, 0.0]);
+        // pre exactly at the threshold stays off: the gate is `pre > threshold`, strictly.
+        assert_eq!(f[2], vec![0.0, 0.75, 0.0]);
         assert!(sae.decode(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap()).is_err());
     }
 }

@@ -199,3 +199,32 @@ fn bf16_and_f16_runs_track_the_f32_reference() {
         assert!(err > 1e-6, "{dtype:?} gave f32-exact results: the dtype was not applied");
     }
 }
+
+#[test]
+fn hub_style_config_without_layer_types_gives_the_same_model() {
+    // The hub's Gemma 2 configs (written by transformers 4.42) have no `layer_types`: the
+    // alternation must come from the layer index, sliding-window on even layers.
+    let reference = Reference::load("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(reference.dir.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.dir.join("config.json")).unwrap()).unwrap();
+    let obj = config.as_object_mut().unwrap();
+    assert!(obj.remove("layer_types").is_some(), "the fixture config should carry layer_types");
+    let dtype = obj.remove("dtype").or_else(|| obj.remove("torch_dtype")).unwrap();
+    obj.insert("torch_dtype".into(), dtype);
+    obj.insert("hidden_act".into(), "gelu_pytorch_tanh".into());
+    obj.insert("cache_implementation".into(), "hybrid".into());
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
+    let model = model::load(&files, Parts::full(&files.config), DType::F32, &Device::Cpu).unwrap();
+    let (i, (_, ids)) = reference.prompts().into_iter().enumerate().find(|(_, (_, ids))| ids.len() > 8).unwrap();
+    let (seen, _) = run_all_sites(&model, &ids);
+    for layer in 0..files.config.num_hidden_layers {
+        let (_, expected) = reference.array(&format!("p{i}_res_L{layer}"));
+        assert_close(&format!("hub-style config, res L{layer}"), &flat(&seen[&HookPoint { layer, site: Site::Res }]), &expected, F32_TOLERANCE);
+    }
+}
