@@ -1,4 +1,4 @@
-//! Finding a model's files: config, tokenizer and only the weight shards a job needs.
+//! Finding a model's files (config, tokenizer and only the weight shards a job needs), locally or on the Hugging Face Hub.
 
 use crate::model::{Config, Parts};
 use anyhow::{bail, ensure, Context, Result};
@@ -15,8 +15,10 @@ pub enum Weights {
 /// The files of one Gemma 2 checkpoint, with its parsed config.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
-    /// What the user named (a directory, later a hub repo id), for reports.
+    /// What the user named (a directory or a hub repo id), for reports.
     pub source: String,
+    /// The hub commit the files come from; `None` for a local directory.
+    pub revision: Option<String>,
     pub config: Config,
     pub tokenizer: PathBuf,
     pub weights: Weights,
@@ -62,7 +64,7 @@ impl ModelFiles {
         } else {
             bail!("{} holds neither model.safetensors nor model.safetensors.index.json", dir.display());
         };
-        Ok(Self { source: dir.display().to_string(), config, tokenizer: dir.join("tokenizer.json"), weights })
+        Ok(Self { source: dir.display().to_string(), revision: None, config, tokenizer: dir.join("tokenizer.json"), weights })
     }
 
     /// The safetensors files holding the tensors of `parts`: for a sharded checkpoint, only the
