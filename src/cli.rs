@@ -8,7 +8,11 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "gemscope", version, about = "Inspect Gemma 2 through Gemma Scope sparse autoencoders")]
+#[command(
+    name = "gemscope",
+    version,
+    about = "Inspect Gemma 2 through Gemma Scope sparse autoencoders"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -93,17 +97,25 @@ impl PromptArgs {
         if let Some(path) = &self.prompts_file {
             let (name, bytes) = if path.as_os_str() == "-" {
                 let mut bytes = Vec::new();
-                std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read prompts from standard input")?;
+                std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut bytes)
+                    .context("cannot read prompts from standard input")?;
                 ("standard input".to_string(), bytes)
             } else {
-                let bytes = std::fs::read(path).with_context(|| format!("cannot read prompts file {}", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read prompts file {}", path.display()))?;
                 (path.display().to_string(), bytes)
             };
-            let from_file = parse_prompt_lines(&bytes).with_context(|| format!("bad prompts in {name}"))?;
+            let from_file =
+                parse_prompt_lines(&bytes).with_context(|| format!("bad prompts in {name}"))?;
             ensure!(!from_file.is_empty(), "{name} holds no prompts");
             prompts.extend(from_file);
         }
-        ensure!(!prompts.is_empty(), "no prompt given: pass prompts as arguments or use --prompts-file");
+        ensure!(
+            !prompts.is_empty(),
+            "no prompt given: pass prompts as arguments or use --prompts-file"
+        );
         Ok(prompts)
     }
 }
@@ -111,7 +123,11 @@ impl PromptArgs {
 /// Splits a prompts file into its non-blank lines (`\n` or `\r\n` endings).
 pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         anyhow::anyhow!("invalid UTF-8 on line {line} (byte {})", e.valid_up_to())
     })?;
     Ok(text

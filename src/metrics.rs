@@ -19,7 +19,9 @@ pub fn l0(row: &[f32]) -> usize {
 
 /// Orders by activation, descending; ties by the lower feature id.
 fn by_activation_then_id(a: &FeatureActivation, b: &FeatureActivation) -> std::cmp::Ordering {
-    b.activation.total_cmp(&a.activation).then(a.feature.cmp(&b.feature))
+    b.activation
+        .total_cmp(&a.activation)
+        .then(a.feature.cmp(&b.feature))
 }
 
 /// The `k` strongest active features of one token (activation > 0 only), strongest first.
@@ -28,7 +30,10 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<FeatureActivation> {
         .iter()
         .enumerate()
         .filter(|(_, &a)| a > 0.0)
-        .map(|(i, &a)| FeatureActivation { feature: i as u32, activation: a })
+        .map(|(i, &a)| FeatureActivation {
+            feature: i as u32,
+            activation: a,
+        })
         .collect();
     if active.len() > k {
         active.select_nth_unstable_by(k, by_activation_then_id);
@@ -52,7 +57,11 @@ pub struct AggregateFeature {
 
 /// The `k` features with the largest summed activation over `rows` (each `[d_sae]`), strongest
 /// first; ties by the lower feature id.
-pub fn aggregate_top<'a>(rows: impl IntoIterator<Item = &'a [f32]>, d_sae: usize, k: usize) -> Vec<AggregateFeature> {
+pub fn aggregate_top<'a>(
+    rows: impl IntoIterator<Item = &'a [f32]>,
+    d_sae: usize,
+    k: usize,
+) -> Vec<AggregateFeature> {
     let mut sum = vec![0f32; d_sae];
     let mut max = vec![0f32; d_sae];
     let mut count = vec![0u32; d_sae];
@@ -67,10 +76,17 @@ pub fn aggregate_top<'a>(rows: impl IntoIterator<Item = &'a [f32]>, d_sae: usize
     }
     let mut features: Vec<AggregateFeature> = (0..d_sae)
         .filter(|&i| count[i] > 0)
-        .map(|i| AggregateFeature { feature: i as u32, activation_sum: sum[i], activation_max: max[i], active_tokens: count[i] })
+        .map(|i| AggregateFeature {
+            feature: i as u32,
+            activation_sum: sum[i],
+            activation_max: max[i],
+            active_tokens: count[i],
+        })
         .collect();
     let order = |a: &AggregateFeature, b: &AggregateFeature| {
-        b.activation_sum.total_cmp(&a.activation_sum).then(a.feature.cmp(&b.feature))
+        b.activation_sum
+            .total_cmp(&a.activation_sum)
+            .then(a.feature.cmp(&b.feature))
     };
     if features.len() > k {
         features.select_nth_unstable_by(k, order);
@@ -102,7 +118,11 @@ pub struct ReconstructionSums {
 impl ReconstructionSums {
     /// Adds the elements of `x` and its reconstruction `x_hat` (same length).
     pub fn add(&mut self, x: &[f32], x_hat: &[f32]) {
-        assert_eq!(x.len(), x_hat.len(), "input and reconstruction differ in length");
+        assert_eq!(
+            x.len(),
+            x_hat.len(),
+            "input and reconstruction differ in length"
+        );
         for (&a, &b) in x.iter().zip(x_hat) {
             let (a, b) = (a as f64, b as f64);
             self.sum_x += a;
@@ -134,7 +154,10 @@ impl ReconstructionSums {
         // Sum of squared deviations; clamp the rounding error of the one-pass formula.
         let ss = (self.sum_x2 - n * mean * mean).max(0.0);
         let var = ss / (n - 1.0);
-        Some(Reconstruction { mse, variance_explained: 1.0 - mse / var })
+        Some(Reconstruction {
+            mse,
+            variance_explained: 1.0 - mse / var,
+        })
     }
 }
 
@@ -170,8 +193,24 @@ mod tests {
         let b = [3.0f32, 0.0, 0.5];
         let agg = aggregate_top([&a[..], &b[..]], 3, 5);
         assert_eq!(agg.len(), 2);
-        assert_eq!(agg[0], AggregateFeature { feature: 0, activation_sum: 4.0, activation_max: 3.0, active_tokens: 2 });
-        assert_eq!(agg[1], AggregateFeature { feature: 2, activation_sum: 2.5, activation_max: 2.0, active_tokens: 2 });
+        assert_eq!(
+            agg[0],
+            AggregateFeature {
+                feature: 0,
+                activation_sum: 4.0,
+                activation_max: 3.0,
+                active_tokens: 2
+            }
+        );
+        assert_eq!(
+            agg[1],
+            AggregateFeature {
+                feature: 2,
+                activation_sum: 2.5,
+                activation_max: 2.0,
+                active_tokens: 2
+            }
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ impl NpyDtype {
             "f2" => Self::F16,
             "i8" => Self::I64,
             "i4" => Self::I32,
-            "O" => bail!("object arrays are refused: they are Python pickles, which gemscope never loads"),
+            "O" => bail!(
+                "object arrays are refused: they are Python pickles, which gemscope never loads"
+            ),
             other => bail!("unsupported dtype {other:?} (expected float32)"),
         })
     }
@@ -71,17 +73,28 @@ impl NpyHeader {
 
     /// Parses the magic, version and header dict at the start of `bytes`.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        ensure!(bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY", "not a .npy array (bad magic)");
+        ensure!(
+            bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY",
+            "not a .npy array (bad magic)"
+        );
         let (header_len, start): (usize, usize) = match bytes[6] {
             1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
             2 | 3 => {
                 ensure!(bytes.len() >= 12, "truncated .npy header");
-                (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
+                (
+                    u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+                    12,
+                )
             }
             v => bail!("unsupported .npy version {v}"),
         };
-        let end = start.checked_add(header_len).context("npy header length overflows")?;
-        ensure!(end <= bytes.len(), "truncated .npy header ({header_len} bytes declared)");
+        let end = start
+            .checked_add(header_len)
+            .context("npy header length overflows")?;
+        ensure!(
+            end <= bytes.len(),
+            "truncated .npy header ({header_len} bytes declared)"
+        );
         let text = std::str::from_utf8(&bytes[start..end]).context(".npy header is not text")?;
         let descr = dict_value(text, "descr")?;
         let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
@@ -91,14 +104,26 @@ impl NpyHeader {
             other => bail!("bad fortran_order {other:?} in .npy header"),
         };
         let shape_text = dict_value(text, "shape")?;
-        let shape_text = shape_text.trim().trim_start_matches('(').trim_end_matches(')');
+        let shape_text = shape_text
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')');
         let shape = shape_text
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.trim_end_matches('L').parse::<usize>().with_context(|| format!("bad shape entry {s:?}")))
+            .map(|s| {
+                s.trim_end_matches('L')
+                    .parse::<usize>()
+                    .with_context(|| format!("bad shape entry {s:?}"))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { dtype: NpyDtype::parse(descr)?, fortran_order: fortran, shape, data_offset: end })
+        Ok(Self {
+            dtype: NpyDtype::parse(descr)?,
+            fortran_order: fortran,
+            shape,
+            data_offset: end,
+        })
     }
 }
 
@@ -133,7 +158,9 @@ pub struct Array<T> {
 
 fn check_length(header: &NpyHeader, bytes: &[u8]) -> Result<usize> {
     let count = header.element_count()?;
-    let needed = count.checked_mul(header.dtype.size()).context("array size overflows")?;
+    let needed = count
+        .checked_mul(header.dtype.size())
+        .context("array size overflows")?;
     let have = bytes.len().saturating_sub(header.data_offset);
     ensure!(
         have >= needed,
@@ -164,22 +191,41 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Array<f32>> {
             .collect(),
         NpyDtype::I64 | NpyDtype::I32 => bail!("integer array where float32 weights were expected"),
     };
-    let data = if header.fortran_order { fortran_to_c(&header.shape, values) } else { values };
-    Ok(Array { shape: header.shape, data })
+    let data = if header.fortran_order {
+        fortran_to_c(&header.shape, values)
+    } else {
+        values
+    };
+    Ok(Array {
+        shape: header.shape,
+        data,
+    })
 }
 
 /// Decodes an integer `.npy` array (token ids in reference files) into i64.
 pub fn decode_i64(bytes: &[u8]) -> Result<Array<i64>> {
     let header = NpyHeader::parse(bytes)?;
     let count = check_length(&header, bytes)?;
-    ensure!(!header.fortran_order || header.shape.len() <= 1, "fortran-ordered integer arrays are not supported");
+    ensure!(
+        !header.fortran_order || header.shape.len() <= 1,
+        "fortran-ordered integer arrays are not supported"
+    );
     let data = &bytes[header.data_offset..];
     let values = match header.dtype {
-        NpyDtype::I64 => data[..count * 8].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-        NpyDtype::I32 => data[..count * 4].chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+        NpyDtype::I64 => data[..count * 8]
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        NpyDtype::I32 => data[..count * 4]
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
         _ => bail!("expected an integer array"),
     };
-    Ok(Array { shape: header.shape, data: values })
+    Ok(Array {
+        shape: header.shape,
+        data: values,
+    })
 }
 
 /// Reorders column-major values to row-major for any rank.
@@ -231,31 +277,57 @@ impl NpzArchive {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // Safety: the file is opened read-only; gemscope never writes to files it maps.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let mmap = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&mmap[..]))
             .with_context(|| format!("{} is not a valid .npz (zip) archive", path.display()))?;
         let mut members = BTreeMap::new();
         for i in 0..zip.len() {
-            let entry = zip.by_index_raw(i).with_context(|| format!("{}: bad zip entry {i}", path.display()))?;
-            let name = entry.name().with_context(|| format!("{}: bad member name in entry {i}", path.display()))?.to_string();
+            let entry = zip
+                .by_index_raw(i)
+                .with_context(|| format!("{}: bad zip entry {i}", path.display()))?;
+            let name = entry
+                .name()
+                .with_context(|| format!("{}: bad member name in entry {i}", path.display()))?
+                .to_string();
             let Some(array_name) = name.strip_suffix(".npy") else {
                 bail!("{}: member {name:?} is not a .npy array", path.display());
             };
             let stored = entry.compression() == zip::CompressionMethod::Stored;
             let size = entry.size();
-            ensure!(size <= MAX_INFLATED_MEMBER, "{}: member {name:?} declares {size} bytes", path.display());
-            let data_start = entry.data_start().with_context(|| format!("{}: member {name:?} has no data", path.display()))?;
+            ensure!(
+                size <= MAX_INFLATED_MEMBER,
+                "{}: member {name:?} declares {size} bytes",
+                path.display()
+            );
+            let data_start = entry
+                .data_start()
+                .with_context(|| format!("{}: member {name:?} has no data", path.display()))?;
             if stored {
-                let end = data_start.checked_add(size).context("zip member offset overflows")?;
+                let end = data_start
+                    .checked_add(size)
+                    .context("zip member offset overflows")?;
                 ensure!(
                     end <= mmap.len() as u64 && entry.compressed_size() == size,
                     "{}: member {name:?} is truncated",
                     path.display()
                 );
             }
-            members.insert(array_name.to_string(), Member { zip_index: i, stored, data_start, size });
+            members.insert(
+                array_name.to_string(),
+                Member {
+                    zip_index: i,
+                    stored,
+                    data_start,
+                    size,
+                },
+            );
         }
-        Ok(Self { path: path.to_path_buf(), mmap, members })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            members,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -274,11 +346,17 @@ impl NpzArchive {
     fn member_bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let member = self.members.get(name).with_context(|| {
             let have: Vec<_> = self.names().collect();
-            format!("{} has no array {name:?} (it has {})", self.path.display(), have.join(", "))
+            format!(
+                "{} has no array {name:?} (it has {})",
+                self.path.display(),
+                have.join(", ")
+            )
         })?;
         if member.stored {
             let start = member.data_start as usize;
-            return Ok(Cow::Borrowed(&self.mmap[start..start + member.size as usize]));
+            return Ok(Cow::Borrowed(
+                &self.mmap[start..start + member.size as usize],
+            ));
         }
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&self.mmap[..]))?;
         let mut entry = zip.by_index(member.zip_index)?;
@@ -313,7 +391,10 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let dict = format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+        let dict = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
         let mut header = dict.into_bytes();
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(b' ');
@@ -332,7 +413,12 @@ mod tests {
 
     #[test]
     fn reads_c_and_fortran_order_the_same() {
-        let c = npy("<f4", false, "(2, 3)", &f32_bytes(&[1., 2., 3., 4., 5., 6.]));
+        let c = npy(
+            "<f4",
+            false,
+            "(2, 3)",
+            &f32_bytes(&[1., 2., 3., 4., 5., 6.]),
+        );
         let f = npy("<f4", true, "(2, 3)", &f32_bytes(&[1., 4., 2., 5., 3., 6.]));
         assert_eq!(decode_f32(&c).unwrap(), decode_f32(&f).unwrap());
         assert_eq!(decode_f32(&c).unwrap().shape, vec![2, 3]);
@@ -340,22 +426,47 @@ mod tests {
 
     #[test]
     fn converts_f64_and_f16() {
-        let d: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(decode_f32(&npy("<f8", false, "(2,)", &d)).unwrap().data, vec![1.5, -2.0]);
-        let h: Vec<u8> = [half::f16::from_f32(0.5)].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(decode_f32(&npy("<f2", false, "(1,)", &h)).unwrap().data, vec![0.5]);
+        let d: Vec<u8> = [1.5f64, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            decode_f32(&npy("<f8", false, "(2,)", &d)).unwrap().data,
+            vec![1.5, -2.0]
+        );
+        let h: Vec<u8> = [half::f16::from_f32(0.5)]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            decode_f32(&npy("<f2", false, "(1,)", &h)).unwrap().data,
+            vec![0.5]
+        );
     }
 
     #[test]
     fn refuses_pickles_truncation_and_absurd_shapes() {
-        let err = decode_f32(&npy("|O", false, "(1,)", &[0; 8])).unwrap_err().to_string();
+        let err = decode_f32(&npy("|O", false, "(1,)", &[0; 8]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pickle"), "{err}");
-        let err = decode_f32(&npy("<f4", false, "(4,)", &[0; 8])).unwrap_err().to_string();
+        let err = decode_f32(&npy("<f4", false, "(4,)", &[0; 8]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
-        let err = decode_f32(&npy("<f4", false, "(1152921504606846976, 1152921504606846976)", &[])).unwrap_err();
+        let err = decode_f32(&npy(
+            "<f4",
+            false,
+            "(1152921504606846976, 1152921504606846976)",
+            &[],
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("overflow"), "{err}");
         assert!(decode_f32(b"PK\x03\x04 not numpy").is_err());
-        assert!(decode_f32(&npy(">f4", false, "(1,)", &[0; 4])).unwrap_err().to_string().contains("big-endian"));
+        assert!(decode_f32(&npy(">f4", false, "(1,)", &[0; 4]))
+            .unwrap_err()
+            .to_string()
+            .contains("big-endian"));
     }
 
     #[test]

@@ -92,7 +92,11 @@ fn clip(piece: &str) -> String {
 }
 
 /// The human table for `gemscope features`.
-pub fn write_features_table(w: &mut dyn Write, report: &FeaturesReport, style: Style) -> io::Result<()> {
+pub fn write_features_table(
+    w: &mut dyn Write,
+    report: &FeaturesReport,
+    style: Style,
+) -> io::Result<()> {
     writeln!(
         w,
         "{} layer {} {} · SAE {} features ({}) · {} {}",
@@ -112,27 +116,73 @@ pub fn write_features_table(w: &mut dyn Write, report: &FeaturesReport, style: S
 }
 
 fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) -> io::Result<()> {
-    writeln!(w, "{} {}", style.bold(&format!("prompt {}:", prompt.index + 1)), display_prompt(&prompt.text))?;
-    let pieces: Vec<String> = prompt.tokens.iter().map(|t| clip(&display_piece(&t.text))).collect();
-    let token_width = pieces.iter().map(|p| p.width()).max().unwrap_or(5).max("token".len());
-    let pos_width = prompt.tokens.len().saturating_sub(1).to_string().len().max(3);
+    writeln!(
+        w,
+        "{} {}",
+        style.bold(&format!("prompt {}:", prompt.index + 1)),
+        display_prompt(&prompt.text)
+    )?;
+    let pieces: Vec<String> = prompt
+        .tokens
+        .iter()
+        .map(|t| clip(&display_piece(&t.text)))
+        .collect();
+    let token_width = pieces
+        .iter()
+        .map(|p| p.width())
+        .max()
+        .unwrap_or(5)
+        .max("token".len());
+    let pos_width = prompt
+        .tokens
+        .len()
+        .saturating_sub(1)
+        .to_string()
+        .len()
+        .max(3);
     writeln!(
         w,
         "  {}",
-        style.dim(&format!("{:>pos_width$}  {}  {:>4}  top features (id activation)", "pos", pad("token", token_width), "L0"))
+        style.dim(&format!(
+            "{:>pos_width$}  {}  {:>4}  top features (id activation)",
+            "pos",
+            pad("token", token_width),
+            "L0"
+        ))
     )?;
     for (token, piece) in prompt.tokens.iter().zip(&pieces) {
-        let lead = format!("{:>pos_width$}  {}", token.position, pad(piece, token_width));
+        let lead = format!(
+            "{:>pos_width$}  {}",
+            token.position,
+            pad(piece, token_width)
+        );
         if token.bos {
-            writeln!(w, "  {}", style.dim(&format!("{lead}  {:>4}  BOS, excluded from statistics", "-")))?;
+            writeln!(
+                w,
+                "  {}",
+                style.dim(&format!(
+                    "{lead}  {:>4}  BOS, excluded from statistics",
+                    "-"
+                ))
+            )?;
             continue;
         }
         let features: Vec<String> = token
             .top_features
             .iter()
-            .map(|f| format!("{} {}", style.feature(&format!("#{:<5}", f.feature)), style.value(&format!("{:>7.2}", f.activation))))
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    style.feature(&format!("#{:<5}", f.feature)),
+                    style.value(&format!("{:>7.2}", f.activation))
+                )
+            })
             .collect();
-        let features = if features.is_empty() { style.dim("(none active)") } else { features.join("   ") };
+        let features = if features.is_empty() {
+            style.dim("(none active)")
+        } else {
+            features.join("   ")
+        };
         writeln!(w, "  {lead}  {:>4}  {features}", token.l0)?;
     }
     let counted = prompt.tokens.len() - 1;
@@ -148,7 +198,14 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         writeln!(w, "  {}", style.dim("no feature fired on this prompt"))?;
         return Ok(());
     }
-    writeln!(w, "  {}", style.dim(&format!("{:<10}{:>10}{:>10}{:>8}", "top feature", "sum", "max", "tokens")))?;
+    writeln!(
+        w,
+        "  {}",
+        style.dim(&format!(
+            "{:<10}{:>10}{:>10}{:>8}",
+            "top feature", "sum", "max", "tokens"
+        ))
+    )?;
     for f in &prompt.top_features {
         writeln!(
             w,
@@ -193,23 +250,61 @@ mod tests {
         FeaturesReport {
             schema_version: SCHEMA_VERSION,
             gemscope_version: "test",
-            model: ModelInfo { source: "m".into(), num_layers: 4, hidden_size: 8, device: "cpu".into(), dtype: "f32".into() },
-            sae: SaeInfo { source: "s.npz".into(), d_in: 8, d_sae: 16 },
-            hook: HookInfo { layer: 1, site: Site::Res },
+            model: ModelInfo {
+                source: "m".into(),
+                num_layers: 4,
+                hidden_size: 8,
+                device: "cpu".into(),
+                dtype: "f32".into(),
+            },
+            sae: SaeInfo {
+                source: "s.npz".into(),
+                d_in: 8,
+                d_sae: 16,
+            },
+            hook: HookInfo {
+                layer: 1,
+                site: Site::Res,
+            },
             top_k: 2,
             prompts: vec![PromptReport {
                 index: 0,
                 text: "a\nb".into(),
                 tokens: vec![
                     token(0, 2, "<bos>", true, 9, vec![]),
-                    token(1, 40, "a", false, 2, vec![FeatureActivation { feature: 3, activation: 1.5 }]),
+                    token(
+                        1,
+                        40,
+                        "a",
+                        false,
+                        2,
+                        vec![FeatureActivation {
+                            feature: 3,
+                            activation: 1.5,
+                        }],
+                    ),
                     token(2, 7, "<0x0A>", false, 0, vec![]),
-                    token(3, 41, "▁東京\n", false, 1, vec![FeatureActivation { feature: 12, activation: 0.25 }]),
+                    token(
+                        3,
+                        41,
+                        "▁東京\n",
+                        false,
+                        1,
+                        vec![FeatureActivation {
+                            feature: 12,
+                            activation: 0.25,
+                        }],
+                    ),
                 ],
                 mean_l0: 1.0,
                 variance_explained: Some(0.75),
                 mse: Some(0.125),
-                top_features: vec![AggregateFeature { feature: 3, activation_sum: 1.5, activation_max: 1.5, active_tokens: 1 }],
+                top_features: vec![AggregateFeature {
+                    feature: 3,
+                    activation_sum: 1.5,
+                    activation_max: 1.5,
+                    active_tokens: 1,
+                }],
             }],
         }
     }
@@ -226,8 +321,14 @@ mod tests {
         assert!(text.contains("variance explained 0.7500"), "{text}");
         assert!(!text.contains('\x1b'), "no colour when off");
         // The L0 column starts at the same terminal column on every token row, wide characters included.
-        let rows: Vec<&str> = text.lines().filter(|l| l.contains("#3 ") || l.contains("#12 ")).collect();
-        let l0_col: Vec<usize> = rows.iter().map(|l| l.split("  #").next().unwrap().trim_end().width()).collect();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("#3 ") || l.contains("#12 "))
+            .collect();
+        let l0_col: Vec<usize> = rows
+            .iter()
+            .map(|l| l.split("  #").next().unwrap().trim_end().width())
+            .collect();
         assert_eq!(l0_col[0], l0_col[1], "{text}");
     }
 

@@ -12,7 +12,11 @@ use candle_core::{DType, Tensor};
 pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> {
     ensure!(!ids.is_empty(), "no tokens to run");
     let max = model.config().max_position_embeddings;
-    ensure!(ids.len() <= max, "the prompt has {} tokens, more than the model's context of {max}", ids.len());
+    ensure!(
+        ids.len() <= max,
+        "the prompt has {} tokens, more than the model's context of {max}",
+        ids.len()
+    );
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let mut hook = Capture::new(point);
     model
@@ -50,10 +54,20 @@ pub struct PromptInput<'a> {
 /// Encodes the prompt's activations through the SAE and computes its statistics. BOS (position 0)
 /// gets its features listed but is excluded from `mean_l0`, `mse`, `variance_explained` and the
 /// aggregate ranking.
-pub fn analyze(input: PromptInput<'_>, x: &Tensor, sae: &JumpReluSae, point: HookPoint, top_k: usize) -> Result<PromptReport> {
+pub fn analyze(
+    input: PromptInput<'_>,
+    x: &Tensor,
+    sae: &JumpReluSae,
+    point: HookPoint,
+    top_k: usize,
+) -> Result<PromptReport> {
     let x_rows = x.to_vec2::<f32>()?;
     ensure_finite(&x_rows, point)?;
-    ensure!(x_rows.len() >= 2, "prompt {} has no token after BOS", input.index + 1);
+    ensure!(
+        x_rows.len() >= 2,
+        "prompt {} has no token after BOS",
+        input.index + 1
+    );
     let f = sae.encode(x)?;
     let f_rows = f.to_vec2::<f32>()?;
 
@@ -82,7 +96,8 @@ pub fn analyze(input: PromptInput<'_>, x: &Tensor, sae: &JumpReluSae, point: Hoo
     } else {
         None
     };
-    let top_features = metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k);
+    let top_features =
+        metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k);
 
     Ok(PromptReport {
         index: input.index,

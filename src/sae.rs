@@ -47,10 +47,15 @@ impl ParamSource {
             "safetensors" => {
                 // Safety: read-only map of a file gemscope never writes.
                 let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                    .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+                    .with_context(|| {
+                        format!("{} is not a valid safetensors file", path.display())
+                    })?;
                 Ok(Self::Safetensors(st))
             }
-            _ => bail!("{}: an SAE must be a .npz (Gemma Scope params.npz) or .safetensors file", path.display()),
+            _ => bail!(
+                "{}: an SAE must be a .npz (Gemma Scope params.npz) or .safetensors file",
+                path.display()
+            ),
         }
     }
 
@@ -58,7 +63,9 @@ impl ParamSource {
         match self {
             Self::Npz(npz) => npz.read_f32(name),
             Self::Safetensors(st) => {
-                let t = st.load(name, &Device::Cpu).with_context(|| format!("SAE has no tensor {name:?}"))?;
+                let t = st
+                    .load(name, &Device::Cpu)
+                    .with_context(|| format!("SAE has no tensor {name:?}"))?;
                 let shape = t.dims().to_vec();
                 let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 Ok(Array { shape, data })
@@ -78,7 +85,10 @@ fn check_shape(name: &str, array: &Array<f32>, expected: &[usize], meaning: &str
 
 fn check_finite(name: &str, array: &Array<f32>) -> Result<()> {
     if let Some(i) = array.data.iter().position(|v| !v.is_finite()) {
-        bail!("SAE array {name} holds a non-finite value ({}) at flat index {i}", array.data[i]);
+        bail!(
+            "SAE array {name} holds a non-finite value ({}) at flat index {i}",
+            array.data[i]
+        );
     }
     Ok(())
 }
@@ -111,7 +121,10 @@ pub fn read_dims(path: &Path) -> Result<(usize, usize)> {
     };
     match shape[..] {
         [d_in, d_sae] => Ok((d_in, d_sae)),
-        _ => bail!("{}: W_enc has shape {shape:?}, expected [d_in, d_sae]", path.display()),
+        _ => bail!(
+            "{}: W_enc has shape {shape:?}, expected [d_in, d_sae]",
+            path.display()
+        ),
     }
 }
 
@@ -119,12 +132,22 @@ impl JumpReluSae {
     /// Loads an SAE whose input width must be `d_in` (the hooked site's width).
     pub fn load(path: &Path, d_in: usize, parts: SaeParts, device: &Device) -> Result<Self> {
         let source = ParamSource::open(path)?;
-        Self::from_source(&source, d_in, parts, device).with_context(|| format!("cannot load SAE {}", path.display()))
+        Self::from_source(&source, d_in, parts, device)
+            .with_context(|| format!("cannot load SAE {}", path.display()))
     }
 
-    fn from_source(source: &ParamSource, d_in: usize, parts: SaeParts, device: &Device) -> Result<Self> {
+    fn from_source(
+        source: &ParamSource,
+        d_in: usize,
+        parts: SaeParts,
+        device: &Device,
+    ) -> Result<Self> {
         let w_enc = source.read("W_enc")?;
-        ensure!(w_enc.shape.len() == 2, "SAE array W_enc has shape {:?}, expected [d_in, d_sae]", w_enc.shape);
+        ensure!(
+            w_enc.shape.len() == 2,
+            "SAE array W_enc has shape {:?}, expected [d_in, d_sae]",
+            w_enc.shape
+        );
         ensure!(
             w_enc.shape[0] == d_in,
             "SAE array W_enc has shape {:?}: its input width {} does not match the hooked activation's width {d_in}",
@@ -138,7 +161,12 @@ impl JumpReluSae {
         check_shape("b_enc", &b_enc, &[d_sae], "one bias per feature")?;
         check_finite("b_enc", &b_enc)?;
         let threshold = source.read("threshold")?;
-        check_shape("threshold", &threshold, &[d_sae], "one threshold per feature")?;
+        check_shape(
+            "threshold",
+            &threshold,
+            &[d_sae],
+            "one threshold per feature",
+        )?;
         check_finite("threshold", &threshold)?;
 
         let w_enc_t = transpose(&w_enc.data, d_in, d_sae);
@@ -225,7 +253,10 @@ mod tests {
     fn jumprelu_gates_at_threshold_and_zero() {
         let dev = Device::Cpu;
         // d_in 2, d_sae 3: W_enc = identity-ish so pre = x @ W_enc + b_enc is easy to read.
-        let w_enc = Array { shape: vec![2, 3], data: vec![1., 0., 1., 0., 1., 1.] };
+        let w_enc = Array {
+            shape: vec![2, 3],
+            data: vec![1., 0., 1., 0., 1., 1.],
+        };
         let sae = JumpReluSae {
             w_enc_t: Tensor::from_vec(transpose(&w_enc.data, 2, 3), (3, 2), &dev).unwrap(),
             b_enc: Tensor::new(&[0f32, 0., -10.], &dev).unwrap(),
@@ -241,6 +272,8 @@ mod tests {
         assert_eq!(f[1], vec![0.0, 0.6, 0.0]);
         // pre exactly at the threshold stays off: the gate is `pre > threshold`, strictly.
         assert_eq!(f[2], vec![0.0, 0.75, 0.0]);
-        assert!(sae.decode(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap()).is_err());
+        assert!(sae
+            .decode(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap())
+            .is_err());
     }
 }

@@ -10,7 +10,11 @@ pub struct PromptTokenizer {
 
 impl PromptTokenizer {
     pub fn from_file(path: &Path, bos: u32) -> Result<Self> {
-        ensure!(path.is_file(), "tokenizer file {} not found", path.display());
+        ensure!(
+            path.is_file(),
+            "tokenizer file {} not found",
+            path.display()
+        );
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot read tokenizer {}", path.display()))?;
@@ -25,7 +29,11 @@ impl PromptTokenizer {
     /// `add_special_tokens` does in Python); a tokenizer.json without one gets it prepended here,
     /// as transformers' `add_bos_token` would.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, true).map_err(|e| anyhow::anyhow!("{e}")).context("cannot tokenize prompt")?;
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot tokenize prompt")?;
         let mut ids = encoding.get_ids().to_vec();
         if ids.first() != Some(&self.bos) {
             ids.insert(0, self.bos);
@@ -35,6 +43,8 @@ impl PromptTokenizer {
 
     /// The vocabulary's spelling of a token (`▁Golden`, `<0x0A>`, `<bos>`).
     pub fn piece(&self, id: u32) -> String {
-        self.inner.id_to_token(id).unwrap_or_else(|| format!("<id {id}>"))
+        self.inner
+            .id_to_token(id)
+            .unwrap_or_else(|| format!("<id {id}>"))
     }
 }

@@ -1,6 +1,9 @@
 //! The real `gemscope` executable: output contracts (JSON, JSONL, table, .npy) and the failure contract.
 
-use crate::util::{assert_close, assert_close_f64, assert_fails_with, fixture, json_of, run, run_with_stdin, stderr, stdout, Reference};
+use crate::util::{
+    assert_close, assert_close_f64, assert_fails_with, fixture, json_of, run, run_with_stdin,
+    stderr, stdout, Reference,
+};
 use std::process::Stdio;
 
 fn tiny() -> String {
@@ -13,7 +16,9 @@ fn sae(file: &str) -> String {
 
 fn features(extra: &[&str]) -> std::process::Output {
     let (model, sae) = (tiny(), sae("sae_res_L1.npz"));
-    let mut args = vec!["features", "--model", &model, "--sae", &sae, "--layer", "1", "--device", "cpu"];
+    let mut args = vec![
+        "features", "--model", &model, "--sae", &sae, "--layer", "1", "--device", "cpu",
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -48,17 +53,28 @@ fn features_json_is_the_documented_contract_and_matches_the_reference() {
             assert_eq!(top.len(), want.len());
             for (g, w) in top.iter().zip(want) {
                 assert_eq!(g["feature"], w[0]);
-                assert_close_f64("activation", g["activation"].as_f64().unwrap(), w[1].as_f64().unwrap(), 1e-4);
+                assert_close_f64(
+                    "activation",
+                    g["activation"].as_f64().unwrap(),
+                    w[1].as_f64().unwrap(),
+                    1e-4,
+                );
                 assert!(g["activation"].as_f64().unwrap() > 0.0);
             }
         }
         for key in ["mean_l0", "variance_explained", "mse"] {
-            let (g, w) = (prompt[key].as_f64().unwrap(), expected[i][key].as_f64().unwrap());
+            let (g, w) = (
+                prompt[key].as_f64().unwrap(),
+                expected[i][key].as_f64().unwrap(),
+            );
             assert_close_f64(&format!("prompt {i} {key}"), g, w, 1e-4);
         }
         let aggregate = prompt["top_features"].as_array().unwrap();
         assert!(!aggregate.is_empty() && aggregate.len() <= 5);
-        for (g, w) in aggregate.iter().zip(expected[i]["aggregate"].as_array().unwrap()) {
+        for (g, w) in aggregate
+            .iter()
+            .zip(expected[i]["aggregate"].as_array().unwrap())
+        {
             assert_eq!(g["feature"], w["feature"]);
         }
     }
@@ -67,10 +83,24 @@ fn features_json_is_the_documented_contract_and_matches_the_reference() {
 #[test]
 fn jsonl_streams_one_object_per_prompt_from_a_prompts_file_on_stdin() {
     let (model, sae) = (tiny(), sae("sae_res_L1.npz"));
-    let args = ["features", "--model", &model, "--sae", &sae, "--layer", "1", "--jsonl", "--prompts-file", "-"];
+    let args = [
+        "features",
+        "--model",
+        &model,
+        "--sae",
+        &sae,
+        "--layer",
+        "1",
+        "--jsonl",
+        "--prompts-file",
+        "-",
+    ];
     let out = run_with_stdin(&args, "first prompt\r\n\nsecond one\nGrüße\n".as_bytes());
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["text"], "first prompt");
     assert_eq!(lines[2]["text"], "Grüße");
@@ -84,18 +114,31 @@ fn table_is_plain_when_piped_and_marks_bos() {
     let out = features(&["line one\nline two\ttab"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(!text.contains('\x1b'), "no colour when stdout is not a terminal");
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
     assert!(text.contains("BOS, excluded from statistics"), "{text}");
-    assert!(text.contains("\\n"), "control characters are escaped: {text}");
+    assert!(
+        text.contains("\\n"),
+        "control characters are escaped: {text}"
+    );
     assert!(text.contains("variance explained"), "{text}");
-    assert!(stderr(&out).is_empty(), "nothing on stderr for a clean run: {}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "nothing on stderr for a clean run: {}",
+        stderr(&out)
+    );
 
     let forced = features(&["--color", "always", "hello"]);
     assert!(stdout(&forced).contains('\x1b'));
     let mut cmd = crate::util::bin();
     let (model, sae) = (tiny(), sae("sae_res_L1.npz"));
     let no_color = cmd
-        .args(["features", "--model", &model, "--sae", &sae, "--layer", "1", "--color", "always", "hello"])
+        .args([
+            "features", "--model", &model, "--sae", &sae, "--layer", "1", "--color", "always",
+            "hello",
+        ])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -110,7 +153,18 @@ fn activations_writes_the_hooked_site_as_npy_with_the_bos_row() {
     for (site, layer) in [("res", "2"), ("mlp", "2"), ("att", "0")] {
         let path = dir.path().join(format!("{site}.npy"));
         let model = tiny();
-        let out = run(&["activations", "--model", &model, "--layer", layer, "--site", site, "--out", path.to_str().unwrap(), text]);
+        let out = run(&[
+            "activations",
+            "--model",
+            &model,
+            "--layer",
+            layer,
+            "--site",
+            site,
+            "--out",
+            path.to_str().unwrap(),
+            text,
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(out.stdout.is_empty());
         let array = gemscope::npy::decode_f32(&std::fs::read(&path).unwrap()).unwrap();
@@ -125,11 +179,21 @@ fn activations_writes_the_hooked_site_as_npy_with_the_bos_row() {
 fn sharded_transformers5_checkpoint_runs_from_the_cli() {
     let reference = Reference::load("tiny-sharded");
     let model = fixture("tiny-sharded").display().to_string();
-    let sae = fixture("tiny-sharded").join("sae_res_L2.npz").display().to_string();
+    let sae = fixture("tiny-sharded")
+        .join("sae_res_L2.npz")
+        .display()
+        .to_string();
     let (text, _) = &reference.prompts()[1];
-    let doc = json_of(&run(&["features", "--model", &model, "--sae", &sae, "--layer", "2", "--json", text]));
+    let doc = json_of(&run(&[
+        "features", "--model", &model, "--sae", &sae, "--layer", "2", "--json", text,
+    ]));
     let want = &reference.json["saes"]["res_L2"]["prompts"][1];
-    assert_close_f64("variance explained", doc["prompts"][0]["variance_explained"].as_f64().unwrap(), want["variance_explained"].as_f64().unwrap(), 1e-4);
+    assert_close_f64(
+        "variance explained",
+        doc["prompts"][0]["variance_explained"].as_f64().unwrap(),
+        want["variance_explained"].as_f64().unwrap(),
+        1e-4,
+    );
     assert_eq!(doc["prompts"][0]["tokens"][3]["l0"], want["l0"][3]);
 }
 
@@ -141,29 +205,82 @@ fn input_errors_are_one_line_exit_2_and_leave_stdout_empty() {
         args.extend_from_slice(extra);
         run(&args)
     };
-    assert_fails_with(&base(&["--layer", "4", "hi"]), "--layer 4 is out of range: the model has 4 layers (0..=3)");
-    assert_fails_with(&base(&["--layer", "1", "--top-k", "0", "hi"]), "--top-k must be at least 1");
-    assert_fails_with(&base(&["--layer", "1", "--top-k", "257", "hi"]), "larger than the SAE's 256 features");
+    assert_fails_with(
+        &base(&["--layer", "4", "hi"]),
+        "--layer 4 is out of range: the model has 4 layers (0..=3)",
+    );
+    assert_fails_with(
+        &base(&["--layer", "1", "--top-k", "0", "hi"]),
+        "--top-k must be at least 1",
+    );
+    assert_fails_with(
+        &base(&["--layer", "1", "--top-k", "257", "hi"]),
+        "larger than the SAE's 256 features",
+    );
     assert_fails_with(&base(&["--layer", "1", ""]), "prompt 1 is empty");
     assert_fails_with(&base(&["--layer", "1"]), "no prompt given");
-    assert_fails_with(&base(&["--layer", "1", "--site", "att", "hi"]), "fits --site res or --site mlp");
+    assert_fails_with(
+        &base(&["--layer", "1", "--site", "att", "hi"]),
+        "fits --site res or --site mlp",
+    );
     if !cfg!(feature = "cuda") {
-        assert_fails_with(&base(&["--layer", "1", "--device", "cuda", "hi"]), "--features cuda");
+        assert_fails_with(
+            &base(&["--layer", "1", "--device", "cuda", "hi"]),
+            "--features cuda",
+        );
     }
     assert_fails_with(
-        &run(&["features", "--model", "/nonexistent/model", "--sae", &sae_l1, "--layer", "1", "hi"]),
+        &run(&[
+            "features",
+            "--model",
+            "/nonexistent/model",
+            "--sae",
+            &sae_l1,
+            "--layer",
+            "1",
+            "hi",
+        ]),
         "model directory /nonexistent/model not found",
     );
     let att_sae = sae("sae_att_L0.npz");
-    assert_fails_with(&run(&["features", "--model", &model, "--sae", &att_sae, "--layer", "0", "hi"]), "fits --site att");
+    assert_fails_with(
+        &run(&[
+            "features", "--model", &model, "--sae", &att_sae, "--layer", "0", "hi",
+        ]),
+        "fits --site att",
+    );
 
     let empty = tempfile::NamedTempFile::new().unwrap();
-    assert_fails_with(&base(&["--layer", "1", "--prompts-file", empty.path().to_str().unwrap()]), "holds no prompts");
-    let args = ["features", "--model", &model, "--sae", &sae_l1, "--layer", "1", "--prompts-file", "-"];
-    assert_fails_with(&run_with_stdin(&args, b"fine\n\xff\xfe\n"), "invalid UTF-8 on line 2");
+    assert_fails_with(
+        &base(&[
+            "--layer",
+            "1",
+            "--prompts-file",
+            empty.path().to_str().unwrap(),
+        ]),
+        "holds no prompts",
+    );
+    let args = [
+        "features",
+        "--model",
+        &model,
+        "--sae",
+        &sae_l1,
+        "--layer",
+        "1",
+        "--prompts-file",
+        "-",
+    ];
+    assert_fails_with(
+        &run_with_stdin(&args, b"fine\n\xff\xfe\n"),
+        "invalid UTF-8 on line 2",
+    );
 
     let long = "word ".repeat(400);
-    assert_fails_with(&base(&["--layer", "1", &long]), "more than the model's context of 256");
+    assert_fails_with(
+        &base(&["--layer", "1", &long]),
+        "more than the model's context of 256",
+    );
 }
 
 #[test]
@@ -171,7 +288,9 @@ fn usage_errors_exit_2() {
     let out = run(&["features", "--layer", "-1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    let out = run(&["features", "--model", "x", "--sae", "y", "--layer", "1", "--site", "resid", "hi"]);
+    let out = run(&[
+        "features", "--model", "x", "--sae", "y", "--layer", "1", "--site", "resid", "hi",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("resid"));
 }
@@ -179,26 +298,62 @@ fn usage_errors_exit_2() {
 #[test]
 fn a_reader_that_stops_early_gets_a_quiet_exit_and_a_full_disk_an_error() {
     let (model, sae_l1) = (tiny(), sae("sae_res_L1.npz"));
-    let prompts: Vec<String> = (0..40).map(|i| format!("prompt number {i} about bridges")).collect();
-    let mut args = vec!["features".to_string(), "--model".into(), model.clone(), "--sae".into(), sae_l1.clone(), "--layer".into(), "1".into(), "--jsonl".into()];
+    let prompts: Vec<String> = (0..40)
+        .map(|i| format!("prompt number {i} about bridges"))
+        .collect();
+    let mut args = vec![
+        "features".to_string(),
+        "--model".into(),
+        model.clone(),
+        "--sae".into(),
+        sae_l1.clone(),
+        "--layer".into(),
+        "1".into(),
+        "--jsonl".into(),
+    ];
     args.extend(prompts);
 
     // `gemscope ... | head -c 100`: read a little, close the pipe.
-    let mut child = crate::util::bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = crate::util::bin()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 100];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     drop(stdout);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "broken pipe must exit 0: {:?} {}", out.status, stderr(&out));
-    assert!(stderr(&out).is_empty(), "no noise on a broken pipe: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "broken pipe must exit 0: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).is_empty(),
+        "no noise on a broken pipe: {}",
+        stderr(&out)
+    );
 
     if std::path::Path::new("/dev/full").exists() {
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let out = crate::util::bin().args(&args[..10]).stdout(full).stderr(Stdio::piped()).output().unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = crate::util::bin()
+            .args(&args[..10])
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.starts_with("gemscope: ") && err.contains("No space left"), "{err}");
+        assert!(
+            err.starts_with("gemscope: ") && err.contains("No space left"),
+            "{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }

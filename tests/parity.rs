@@ -12,7 +12,11 @@ use std::collections::HashMap;
 const F32_TOLERANCE: f32 = 1e-4;
 const FIXTURES: [&str; 2] = ["tiny", "tiny-sharded"];
 
-fn load(name: &str, parts: impl FnOnce(&gemscope::model::Config) -> Parts, dtype: DType) -> (ModelFiles, Gemma2) {
+fn load(
+    name: &str,
+    parts: impl FnOnce(&gemscope::model::Config) -> Parts,
+    dtype: DType,
+) -> (ModelFiles, Gemma2) {
     let files = ModelFiles::from_dir(&crate::util::fixture(name)).unwrap();
     let parts = parts(&files.config);
     let model = model::load(&files, parts, dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
@@ -26,8 +30,15 @@ fn run_all_sites(model: &Gemma2, ids: &[u32]) -> (HashMap<HookPoint, Tensor>, Te
         seen.insert(point, t.squeeze(0)?.to_dtype(DType::F32)?);
         Ok(None)
     };
-    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits = model.forward(&input, &mut hook).unwrap().squeeze(0).unwrap();
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model
+        .forward(&input, &mut hook)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     (seen, logits.to_dtype(DType::F32).unwrap())
 }
 
@@ -40,11 +51,17 @@ fn tokenizer_matches_python_ids_and_pieces() {
     for name in FIXTURES {
         let reference = Reference::load(name);
         let files = ModelFiles::from_dir(&reference.dir).unwrap();
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer, files.config.bos_token_id).unwrap();
+        let tokenizer =
+            PromptTokenizer::from_file(&files.tokenizer, files.config.bos_token_id).unwrap();
         for (i, (text, ids)) in reference.prompts().iter().enumerate() {
-            assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{name} prompt {i}: {text:?}");
+            assert_eq!(
+                &tokenizer.encode(text).unwrap(),
+                ids,
+                "{name} prompt {i}: {text:?}"
+            );
             let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.piece(id)).collect();
-            let expected: Vec<String> = serde_json::from_value(reference.json["prompts"][i]["pieces"].clone()).unwrap();
+            let expected: Vec<String> =
+                serde_json::from_value(reference.json["prompts"][i]["pieces"].clone()).unwrap();
             assert_eq!(pieces, expected, "{name} prompt {i}");
         }
     }
@@ -56,12 +73,32 @@ fn fixtures_cover_the_cases_that_matter() {
     for name in FIXTURES {
         let reference = Reference::load(name);
         let cfg = ModelFiles::from_dir(&reference.dir).unwrap().config;
-        let lengths: Vec<usize> = reference.prompts().iter().map(|(_, ids)| ids.len()).collect();
-        assert!(lengths.iter().any(|&n| n > cfg.sliding_window), "{name}: a prompt longer than the sliding window");
-        assert!(lengths.contains(&2), "{name}: a one-token prompt (plus BOS)");
-        assert!(reference.prompts().iter().any(|(t, _)| !t.is_ascii()), "{name}: non-ASCII text");
-        assert_ne!(cfg.head_dim * cfg.num_attention_heads, cfg.hidden_size, "{name}: att width differs from hidden");
-        assert_ne!(cfg.query_pre_attn_scalar, cfg.head_dim as f64, "{name}: scale differs from head_dim^-0.5");
+        let lengths: Vec<usize> = reference
+            .prompts()
+            .iter()
+            .map(|(_, ids)| ids.len())
+            .collect();
+        assert!(
+            lengths.iter().any(|&n| n > cfg.sliding_window),
+            "{name}: a prompt longer than the sliding window"
+        );
+        assert!(
+            lengths.contains(&2),
+            "{name}: a one-token prompt (plus BOS)"
+        );
+        assert!(
+            reference.prompts().iter().any(|(t, _)| !t.is_ascii()),
+            "{name}: non-ASCII text"
+        );
+        assert_ne!(
+            cfg.head_dim * cfg.num_attention_heads,
+            cfg.hidden_size,
+            "{name}: att width differs from hidden"
+        );
+        assert_ne!(
+            cfg.query_pre_attn_scalar, cfg.head_dim as f64,
+            "{name}: scale differs from head_dim^-0.5"
+        );
     }
 }
 
@@ -79,11 +116,21 @@ fn every_site_of_every_layer_and_the_logits_match_transformers() {
                     let (shape, expected) = reference.array(&key);
                     let actual = &seen[&HookPoint { layer, site }];
                     assert_eq!(actual.dims(), &shape[..], "{name} {key} shape");
-                    assert_close(&format!("{name} {key}"), &flat(actual), &expected, F32_TOLERANCE);
+                    assert_close(
+                        &format!("{name} {key}"),
+                        &flat(actual),
+                        &expected,
+                        F32_TOLERANCE,
+                    );
                 }
             }
             let (_, expected) = reference.array(&format!("p{i}_logits"));
-            assert_close(&format!("{name} p{i} logits"), &flat(&logits), &expected, F32_TOLERANCE);
+            assert_close(
+                &format!("{name} p{i} logits"),
+                &flat(&logits),
+                &expected,
+                F32_TOLERANCE,
+            );
         }
     }
 }
@@ -94,18 +141,41 @@ fn early_exit_loads_and_runs_only_the_blocks_it_needs() {
     let files = ModelFiles::from_dir(&reference.dir).unwrap();
     let all_shards = files.weight_files(Parts::full(&files.config)).unwrap();
     let first_shards = files.weight_files(Parts::through_layer(0)).unwrap();
-    assert!(first_shards.len() < all_shards.len(), "layer 0 needs fewer shards ({first_shards:?}) than the whole model");
+    assert!(
+        first_shards.len() < all_shards.len(),
+        "layer 0 needs fewer shards ({first_shards:?}) than the whole model"
+    );
 
     for layer in 0..files.config.num_hidden_layers {
         let (_, model) = load("tiny-sharded", |_| Parts::through_layer(layer), DType::F32);
         assert_eq!(model.loaded_blocks(), layer + 1);
         for (i, (_, ids)) in reference.prompts().iter().enumerate() {
-            let x = pipeline::capture(&model, ids, HookPoint { layer, site: Site::Res }).unwrap();
+            let x = pipeline::capture(
+                &model,
+                ids,
+                HookPoint {
+                    layer,
+                    site: Site::Res,
+                },
+            )
+            .unwrap();
             let (_, expected) = reference.array(&format!("p{i}_res_L{layer}"));
-            assert_close(&format!("p{i} res L{layer} (early exit)"), &flat(&x), &expected, F32_TOLERANCE);
+            assert_close(
+                &format!("p{i} res L{layer} (early exit)"),
+                &flat(&x),
+                &expected,
+                F32_TOLERANCE,
+            );
         }
         if layer + 1 < files.config.num_hidden_layers {
-            let deeper = pipeline::capture(&model, &[2, 5], HookPoint { layer: layer + 1, site: Site::Res });
+            let deeper = pipeline::capture(
+                &model,
+                &[2, 5],
+                HookPoint {
+                    layer: layer + 1,
+                    site: Site::Res,
+                },
+            );
             assert!(deeper.is_err(), "layer {} must not be loaded", layer + 1);
         }
     }
@@ -129,11 +199,21 @@ fn sae_activations_reconstructions_and_statistics_match_the_reference() {
     for name in FIXTURES {
         let reference = Reference::load(name);
         let files = ModelFiles::from_dir(&reference.dir).unwrap();
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer, files.config.bos_token_id).unwrap();
+        let tokenizer =
+            PromptTokenizer::from_file(&files.tokenizer, files.config.bos_token_id).unwrap();
         for (sae_name, entry) in reference.saes() {
-            let point = HookPoint { layer: entry["layer"].as_u64().unwrap() as usize, site: site_of(&entry) };
+            let point = HookPoint {
+                layer: entry["layer"].as_u64().unwrap() as usize,
+                site: site_of(&entry),
+            };
             let d_in = entry["d_in"].as_u64().unwrap() as usize;
-            let sae = JumpReluSae::load(&sae_path(&reference, &entry), d_in, SaeParts::EncoderDecoder, &Device::Cpu).unwrap();
+            let sae = JumpReluSae::load(
+                &sae_path(&reference, &entry),
+                d_in,
+                SaeParts::EncoderDecoder,
+                &Device::Cpu,
+            )
+            .unwrap();
             let (_, model) = load(name, |_| Parts::through_layer(point.layer), DType::F32);
             for (i, (text, ids)) in reference.prompts().iter().enumerate() {
                 let what = format!("{name} {sae_name} p{i}");
@@ -142,31 +222,98 @@ fn sae_activations_reconstructions_and_statistics_match_the_reference() {
                 let (_, acts) = reference.array(&format!("p{i}_sae_{sae_name}_acts"));
                 assert_close(&format!("{what} acts"), &flat(&f), &acts, F32_TOLERANCE);
                 let (_, recon) = reference.array(&format!("p{i}_sae_{sae_name}_recon"));
-                assert_close(&format!("{what} recon"), &flat(&sae.decode(&f).unwrap()), &recon, F32_TOLERANCE);
+                assert_close(
+                    &format!("{what} recon"),
+                    &flat(&sae.decode(&f).unwrap()),
+                    &recon,
+                    F32_TOLERANCE,
+                );
 
                 let top_k = 5;
                 let pieces = ids.iter().map(|&id| tokenizer.piece(id)).collect();
-                let report = pipeline::analyze(PromptInput { index: i, text, ids, pieces }, &x, &sae, point, top_k).unwrap();
+                let report = pipeline::analyze(
+                    PromptInput {
+                        index: i,
+                        text,
+                        ids,
+                        pieces,
+                    },
+                    &x,
+                    &sae,
+                    point,
+                    top_k,
+                )
+                .unwrap();
                 let expected = &entry["prompts"][i];
                 for (t, token) in report.tokens.iter().enumerate() {
-                    assert_eq!(token.l0 as u64, expected["l0"][t].as_u64().unwrap(), "{what} token {t} L0");
+                    assert_eq!(
+                        token.l0 as u64,
+                        expected["l0"][t].as_u64().unwrap(),
+                        "{what} token {t} L0"
+                    );
                     let want = expected["top_features"][t].as_array().unwrap();
-                    assert_eq!(token.top_features.len(), want.len(), "{what} token {t} top-k length");
+                    assert_eq!(
+                        token.top_features.len(),
+                        want.len(),
+                        "{what} token {t} top-k length"
+                    );
                     for (got, want) in token.top_features.iter().zip(want) {
-                        assert_eq!(got.feature as u64, want[0].as_u64().unwrap(), "{what} token {t} top-k ids");
-                        assert_close_f64(&format!("{what} token {t}"), got.activation as f64, want[1].as_f64().unwrap(), 1e-4);
+                        assert_eq!(
+                            got.feature as u64,
+                            want[0].as_u64().unwrap(),
+                            "{what} token {t} top-k ids"
+                        );
+                        assert_close_f64(
+                            &format!("{what} token {t}"),
+                            got.activation as f64,
+                            want[1].as_f64().unwrap(),
+                            1e-4,
+                        );
                     }
                 }
-                assert_close_f64(&format!("{what} mean_l0"), report.mean_l0, expected["mean_l0"].as_f64().unwrap(), 1e-6);
-                assert_close_f64(&format!("{what} mse"), report.mse.unwrap(), expected["mse"].as_f64().unwrap(), 1e-4);
+                assert_close_f64(
+                    &format!("{what} mean_l0"),
+                    report.mean_l0,
+                    expected["mean_l0"].as_f64().unwrap(),
+                    1e-6,
+                );
+                assert_close_f64(
+                    &format!("{what} mse"),
+                    report.mse.unwrap(),
+                    expected["mse"].as_f64().unwrap(),
+                    1e-4,
+                );
                 let ve = report.variance_explained.unwrap();
-                assert_close_f64(&format!("{what} variance explained"), ve, expected["variance_explained"].as_f64().unwrap(), 1e-4);
+                assert_close_f64(
+                    &format!("{what} variance explained"),
+                    ve,
+                    expected["variance_explained"].as_f64().unwrap(),
+                    1e-4,
+                );
                 let aggregate = expected["aggregate"].as_array().unwrap();
                 for (got, want) in report.top_features.iter().zip(aggregate) {
-                    assert_eq!(got.feature as u64, want["feature"].as_u64().unwrap(), "{what} aggregate ids");
-                    assert_close_f64(&format!("{what} aggregate sum"), got.activation_sum as f64, want["sum"].as_f64().unwrap(), 1e-4);
-                    assert_close_f64(&format!("{what} aggregate max"), got.activation_max as f64, want["max"].as_f64().unwrap(), 1e-4);
-                    assert_eq!(got.active_tokens as u64, want["count"].as_u64().unwrap(), "{what} aggregate count");
+                    assert_eq!(
+                        got.feature as u64,
+                        want["feature"].as_u64().unwrap(),
+                        "{what} aggregate ids"
+                    );
+                    assert_close_f64(
+                        &format!("{what} aggregate sum"),
+                        got.activation_sum as f64,
+                        want["sum"].as_f64().unwrap(),
+                        1e-4,
+                    );
+                    assert_close_f64(
+                        &format!("{what} aggregate max"),
+                        got.activation_max as f64,
+                        want["max"].as_f64().unwrap(),
+                        1e-4,
+                    );
+                    assert_eq!(
+                        got.active_tokens as u64,
+                        want["count"].as_u64().unwrap(),
+                        "{what} aggregate count"
+                    );
                 }
             }
         }
@@ -176,12 +323,27 @@ fn sae_activations_reconstructions_and_statistics_match_the_reference() {
 #[test]
 fn safetensors_sae_is_the_same_sae_as_its_npz() {
     let dir = crate::util::fixture("tiny");
-    let npz = JumpReluSae::load(&dir.join("sae_res_L1.npz"), 64, SaeParts::EncoderDecoder, &Device::Cpu).unwrap();
-    let st = JumpReluSae::load(&dir.join("sae_res_L1.safetensors"), 64, SaeParts::EncoderDecoder, &Device::Cpu).unwrap();
+    let npz = JumpReluSae::load(
+        &dir.join("sae_res_L1.npz"),
+        64,
+        SaeParts::EncoderDecoder,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let st = JumpReluSae::load(
+        &dir.join("sae_res_L1.safetensors"),
+        64,
+        SaeParts::EncoderDecoder,
+        &Device::Cpu,
+    )
+    .unwrap();
     let x = Tensor::randn(0f32, 3.0, (7, 64), &Device::Cpu).unwrap();
     let (a, b) = (npz.encode(&x).unwrap(), st.encode(&x).unwrap());
     assert_eq!(flat(&a), flat(&b));
-    assert_eq!(flat(&npz.decode(&a).unwrap()), flat(&st.decode(&b).unwrap()));
+    assert_eq!(
+        flat(&npz.decode(&a).unwrap()),
+        flat(&st.decode(&b).unwrap())
+    );
 }
 
 #[test]
@@ -193,10 +355,23 @@ fn bf16_and_f16_runs_track_the_f32_reference() {
     for dtype in [DType::BF16, DType::F16] {
         let (_, model) = load("tiny", |_| Parts::through_layer(3), dtype);
         assert_eq!(model.dtype(), dtype);
-        let x = flat(&pipeline::capture(&model, ids, HookPoint { layer: 3, site: Site::Res }).unwrap());
+        let x = flat(
+            &pipeline::capture(
+                &model,
+                ids,
+                HookPoint {
+                    layer: 3,
+                    site: Site::Res,
+                },
+            )
+            .unwrap(),
+        );
         let err = crate::util::relative_error(&x, &expected);
         assert!(err < 5e-2, "{dtype:?}: relative error {err}");
-        assert!(err > 1e-6, "{dtype:?} gave f32-exact results: the dtype was not applied");
+        assert!(
+            err > 1e-6,
+            "{dtype:?} gave f32-exact results: the dtype was not applied"
+        );
     }
 }
 
@@ -210,10 +385,17 @@ fn hub_style_config_without_layer_types_gives_the_same_model() {
         std::fs::copy(reference.dir.join(file), dir.path().join(file)).unwrap();
     }
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reference.dir.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(reference.dir.join("config.json")).unwrap())
+            .unwrap();
     let obj = config.as_object_mut().unwrap();
-    assert!(obj.remove("layer_types").is_some(), "the fixture config should carry layer_types");
-    let dtype = obj.remove("dtype").or_else(|| obj.remove("torch_dtype")).unwrap();
+    assert!(
+        obj.remove("layer_types").is_some(),
+        "the fixture config should carry layer_types"
+    );
+    let dtype = obj
+        .remove("dtype")
+        .or_else(|| obj.remove("torch_dtype"))
+        .unwrap();
     obj.insert("torch_dtype".into(), dtype);
     obj.insert("hidden_act".into(), "gelu_pytorch_tanh".into());
     obj.insert("cache_implementation".into(), "hybrid".into());
@@ -221,10 +403,25 @@ fn hub_style_config_without_layer_types_gives_the_same_model() {
 
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let model = model::load(&files, Parts::full(&files.config), DType::F32, &Device::Cpu).unwrap();
-    let (i, (_, ids)) = reference.prompts().into_iter().enumerate().find(|(_, (_, ids))| ids.len() > 8).unwrap();
+    let (i, (_, ids)) = reference
+        .prompts()
+        .into_iter()
+        .enumerate()
+        .find(|(_, (_, ids))| ids.len() > 8)
+        .unwrap();
     let (seen, _) = run_all_sites(&model, &ids);
     for layer in 0..files.config.num_hidden_layers {
         let (_, expected) = reference.array(&format!("p{i}_res_L{layer}"));
-        assert_close(&format!("hub-style config, res L{layer}"), &flat(&seen[&HookPoint { layer, site: Site::Res }]), &expected, F32_TOLERANCE);
+        assert_close(
+            &format!("hub-style config, res L{layer}"),
+            &flat(
+                &seen[&HookPoint {
+                    layer,
+                    site: Site::Res,
+                }],
+            ),
+            &expected,
+            F32_TOLERANCE,
+        );
     }
 }

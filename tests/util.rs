@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The outputs transformers recorded for one fixture model (`generate.py`).
@@ -19,7 +21,9 @@ pub struct Reference {
 impl Reference {
     pub fn load(model: &str) -> Self {
         let dir = fixture(model);
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         let arrays = NpzArchive::open(&dir.join("reference.npz")).unwrap();
         Self { dir, json, arrays }
     }
@@ -30,20 +34,33 @@ impl Reference {
             .unwrap()
             .iter()
             .map(|p| {
-                let ids = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                let ids = p["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
                 (p["text"].as_str().unwrap().to_string(), ids)
             })
             .collect()
     }
 
     pub fn array(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        let a = self.arrays.read_f32(name).unwrap_or_else(|e| panic!("{e:#}"));
+        let a = self
+            .arrays
+            .read_f32(name)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         (a.shape, a.data)
     }
 
     /// SAE name (`res_L1`) -> its reference entry.
     pub fn saes(&self) -> Vec<(String, Value)> {
-        self.json["saes"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.json["saes"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -51,21 +68,33 @@ impl Reference {
 /// whose elements span orders of magnitude, and tight enough at 1e-4 to catch any wrong op.
 pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    let scale = expected
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
     diff / scale
 }
 
 #[track_caller]
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tolerance: f32) {
     let err = relative_error(actual, expected);
-    assert!(err <= tolerance, "{what}: relative error {err:.3e} exceeds {tolerance:.0e}");
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:.3e} exceeds {tolerance:.0e}"
+    );
 }
 
 #[track_caller]
 pub fn assert_close_f64(what: &str, actual: f64, expected: f64, tolerance: f64) {
     let err = (actual - expected).abs() / expected.abs().max(1e-12);
-    assert!(err <= tolerance, "{what}: {actual} vs {expected} (relative error {err:.3e})");
+    assert!(
+        err <= tolerance,
+        "{what}: {actual} vs {expected} (relative error {err:.3e})"
+    );
 }
 
 pub fn bin() -> Command {
@@ -80,7 +109,13 @@ pub fn run(args: &[&str]) -> Output {
 
 pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -96,8 +131,14 @@ pub fn stderr(out: &Output) -> String {
 /// Asserts a successful run and parses its stdout as one JSON document.
 #[track_caller]
 pub fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "exit {:?}, stderr: {}", out.status, stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status,
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
 }
 
 /// Asserts the failure contract: exit 2, one `gemscope: ...` line on stderr containing `needle`,
@@ -106,9 +147,20 @@ pub fn json_of(out: &Output) -> Value {
 pub fn assert_fails_with(out: &Output, needle: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(2), "exit status; stderr: {err}");
-    assert!(out.stdout.is_empty(), "stdout must stay empty, got: {}", stdout(out));
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty, got: {}",
+        stdout(out)
+    );
     assert!(err.starts_with("gemscope: "), "stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("stack backtrace"),
+        "{err}"
+    );
 }

@@ -33,14 +33,21 @@ fn write_npy_atomically(path: &Path, array: &ndarray::Array2<f32>) -> Result<()>
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     {
         let mut writer = std::io::BufWriter::new(tmp.as_file_mut());
-        array.write_npy(&mut writer).with_context(|| format!("cannot write {}", path.display()))?;
-        std::io::Write::flush(&mut writer).with_context(|| format!("cannot write {}", path.display()))?;
+        array
+            .write_npy(&mut writer)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::flush(&mut writer)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -50,14 +57,28 @@ pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
     let files = ModelFiles::from_dir(&args.model.model)?;
     let cfg = &files.config;
     check_layer(args.hook.layer, cfg)?;
-    let point = HookPoint { layer: args.hook.layer, site: args.hook.site };
+    let point = HookPoint {
+        layer: args.hook.layer,
+        site: args.hook.site,
+    };
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
     let ids = tokenizer.encode(&args.prompt)?;
-    let model = model::load(&files, Parts::through_layer(point.layer), args.model.dtype.dtype(), &device)?;
+    let model = model::load(
+        &files,
+        Parts::through_layer(point.layer),
+        args.model.dtype.dtype(),
+        &device,
+    )?;
     let x = pipeline::capture(&model, &ids, point)?;
     let (tokens, width) = x.dims2()?;
-    let array = ndarray::Array2::from_shape_vec((tokens, width), x.flatten_all()?.to_vec1::<f32>()?)?;
+    let array =
+        ndarray::Array2::from_shape_vec((tokens, width), x.flatten_all()?.to_vec1::<f32>()?)?;
     write_npy_atomically(&args.out, &array)?;
-    eprintln!("gemscope: wrote layer {} {} activations [{tokens}, {width}] to {}", point.layer, point.site, args.out.display());
+    eprintln!(
+        "gemscope: wrote layer {} {} activations [{tokens}, {width}] to {}",
+        point.layer,
+        point.site,
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

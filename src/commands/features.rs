@@ -1,7 +1,9 @@
 //! `gemscope features`: per-token SAE features and reconstruction statistics for prompts.
 
 use super::{check_layer, site_width};
-use crate::cli::{device_name, dtype_name, select_device, HookArgs, ModelArgs, OutputArgs, PromptArgs};
+use crate::cli::{
+    device_name, dtype_name, select_device, HookArgs, ModelArgs, OutputArgs, PromptArgs,
+};
 use crate::hub::ModelFiles;
 use crate::model::{self, HookPoint, Parts, Site};
 use crate::output::{self, Style};
@@ -60,11 +62,18 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
     let files = ModelFiles::from_dir(&args.model.model)?;
     let cfg = &files.config;
     check_layer(args.hook.layer, cfg)?;
-    let point = HookPoint { layer: args.hook.layer, site: args.hook.site };
+    let point = HookPoint {
+        layer: args.hook.layer,
+        site: args.hook.site,
+    };
 
     let (d_in, d_sae) = sae::read_dims(&args.sae)?;
     check_sae_width(d_in, point.site, cfg)?;
-    ensure!(args.top_k <= d_sae, "--top-k {} is larger than the SAE's {d_sae} features", args.top_k);
+    ensure!(
+        args.top_k <= d_sae,
+        "--top-k {} is larger than the SAE's {d_sae} features",
+        args.top_k
+    );
 
     // Tokenize everything before loading weights, so a bad prompt fails fast.
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
@@ -72,9 +81,16 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            let ids = tokenizer.encode(text).with_context(|| format!("prompt {}", i + 1))?;
+            let ids = tokenizer
+                .encode(text)
+                .with_context(|| format!("prompt {}", i + 1))?;
             let max = cfg.max_position_embeddings;
-            ensure!(ids.len() <= max, "prompt {} has {} tokens (BOS included), more than the model's context of {max}", i + 1, ids.len());
+            ensure!(
+                ids.len() <= max,
+                "prompt {} has {} tokens (BOS included), more than the model's context of {max}",
+                i + 1,
+                ids.len()
+            );
             ensure!(ids.len() >= 2, "prompt {} has no token after BOS", i + 1);
             Ok(ids)
         })
@@ -90,18 +106,39 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
         device: device_name(&device).to_string(),
         dtype: dtype_name(dtype).to_string(),
     };
-    let sae_info = SaeInfo { source: args.sae.display().to_string(), d_in, d_sae };
-    let hook = HookInfo { layer: point.layer, site: point.site };
+    let sae_info = SaeInfo {
+        source: args.sae.display().to_string(),
+        d_in,
+        d_sae,
+    };
+    let hook = HookInfo {
+        layer: point.layer,
+        site: point.site,
+    };
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut reports = Vec::with_capacity(prompts.len());
     for (index, (text, ids)) in prompts.iter().zip(&encoded).enumerate() {
         let x = pipeline::capture(&model, ids, point)?;
-        let input = PromptInput { index, text, ids, pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect() };
-        let report = pipeline::analyze(input, &x, &sae, point, args.top_k).with_context(|| format!("prompt {}", index + 1))?;
+        let input = PromptInput {
+            index,
+            text,
+            ids,
+            pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect(),
+        };
+        let report = pipeline::analyze(input, &x, &sae, point, args.top_k)
+            .with_context(|| format!("prompt {}", index + 1))?;
         if args.output.jsonl {
-            output::write_jsonl_line(&mut out, &PromptLine { schema_version: SCHEMA_VERSION, hook, sae: &sae_info, prompt: &report })?;
+            output::write_jsonl_line(
+                &mut out,
+                &PromptLine {
+                    schema_version: SCHEMA_VERSION,
+                    hook,
+                    sae: &sae_info,
+                    prompt: &report,
+                },
+            )?;
             out.flush()?;
         } else {
             reports.push(report);
@@ -120,7 +157,13 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
         if args.output.json {
             output::write_json(&mut out, &report)?;
         } else {
-            output::write_features_table(&mut out, &report, Style { color: args.output.use_color() })?;
+            output::write_features_table(
+                &mut out,
+                &report,
+                Style {
+                    color: args.output.use_color(),
+                },
+            )?;
         }
     }
     out.flush()?;

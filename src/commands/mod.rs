@@ -9,7 +9,11 @@ use anyhow::{ensure, Result};
 /// Checks `--layer` against the model's depth.
 pub fn check_layer(layer: usize, cfg: &Config) -> Result<()> {
     let n = cfg.num_hidden_layers;
-    ensure!(layer < n, "--layer {layer} is out of range: the model has {n} layers (0..={})", n - 1);
+    ensure!(
+        layer < n,
+        "--layer {layer} is out of range: the model has {n} layers (0..={})",
+        n - 1
+    );
     Ok(())
 }
 

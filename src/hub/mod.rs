@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub enum Weights {
     Single(PathBuf),
-    Sharded { dir: PathBuf, weight_map: BTreeMap<String, String> },
+    Sharded {
+        dir: PathBuf,
+        weight_map: BTreeMap<String, String>,
+    },
 }
 
 /// The files of one Gemma 2 checkpoint, with its parsed config.
@@ -58,13 +61,25 @@ impl ModelFiles {
                     index_path.display()
                 );
             }
-            Weights::Sharded { dir: dir.to_path_buf(), weight_map: index.weight_map }
+            Weights::Sharded {
+                dir: dir.to_path_buf(),
+                weight_map: index.weight_map,
+            }
         } else if single.is_file() {
             Weights::Single(single)
         } else {
-            bail!("{} holds neither model.safetensors nor model.safetensors.index.json", dir.display());
+            bail!(
+                "{} holds neither model.safetensors nor model.safetensors.index.json",
+                dir.display()
+            );
         };
-        Ok(Self { source: dir.display().to_string(), revision: None, config, tokenizer: dir.join("tokenizer.json"), weights })
+        Ok(Self {
+            source: dir.display().to_string(),
+            revision: None,
+            config,
+            tokenizer: dir.join("tokenizer.json"),
+            weights,
+        })
     }
 
     /// The safetensors files holding the tensors of `parts`: for a sharded checkpoint, only the
@@ -73,9 +88,15 @@ impl ModelFiles {
         match &self.weights {
             Weights::Single(path) => Ok(vec![path.clone()]),
             Weights::Sharded { dir, weight_map } => {
-                let shards: BTreeSet<&String> =
-                    weight_map.iter().filter(|(name, _)| tensor_needed(name, parts)).map(|(_, shard)| shard).collect();
-                ensure!(!shards.is_empty(), "the shard index lists none of the tensors needed");
+                let shards: BTreeSet<&String> = weight_map
+                    .iter()
+                    .filter(|(name, _)| tensor_needed(name, parts))
+                    .map(|(_, shard)| shard)
+                    .collect();
+                ensure!(
+                    !shards.is_empty(),
+                    "the shard index lists none of the tensors needed"
+                );
                 let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
                 for file in &files {
                     ensure!(file.is_file(), "weight shard {} not found", file.display());
@@ -92,12 +113,30 @@ mod tests {
 
     #[test]
     fn needed_tensors_follow_the_parts() {
-        let through_1 = Parts { blocks: 2, head: false };
+        let through_1 = Parts {
+            blocks: 2,
+            head: false,
+        };
         assert!(tensor_needed("model.embed_tokens.weight", through_1));
-        assert!(tensor_needed("model.layers.1.mlp.up_proj.weight", through_1));
-        assert!(!tensor_needed("model.layers.2.mlp.up_proj.weight", through_1));
-        assert!(!tensor_needed("model.layers.10.mlp.up_proj.weight", through_1));
+        assert!(tensor_needed(
+            "model.layers.1.mlp.up_proj.weight",
+            through_1
+        ));
+        assert!(!tensor_needed(
+            "model.layers.2.mlp.up_proj.weight",
+            through_1
+        ));
+        assert!(!tensor_needed(
+            "model.layers.10.mlp.up_proj.weight",
+            through_1
+        ));
         assert!(!tensor_needed("model.norm.weight", through_1));
-        assert!(tensor_needed("model.norm.weight", Parts { blocks: 2, head: true }));
+        assert!(tensor_needed(
+            "model.norm.weight",
+            Parts {
+                blocks: 2,
+                head: true
+            }
+        ));
     }
 }

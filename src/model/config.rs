@@ -131,36 +131,54 @@ impl Config {
         );
         // Gemma2Config's own defaults for the keys a checkpoint may omit.
         let head_dim = raw.head_dim.unwrap_or(256);
-        ensure!(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and positive, got {head_dim}");
+        ensure!(
+            head_dim > 0 && head_dim % 2 == 0,
+            "head_dim must be even and positive, got {head_dim}"
+        );
         let query_pre_attn_scalar = raw.query_pre_attn_scalar.unwrap_or(256.0);
         ensure!(
             query_pre_attn_scalar.is_finite() && query_pre_attn_scalar > 0.0,
             "query_pre_attn_scalar must be positive, got {query_pre_attn_scalar}"
         );
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
-        ensure!(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0, "rms_norm_eps must be >= 0");
+        ensure!(
+            rms_norm_eps.is_finite() && rms_norm_eps >= 0.0,
+            "rms_norm_eps must be >= 0"
+        );
         for (name, cap) in [
             ("attn_logit_softcapping", raw.attn_logit_softcapping),
             ("final_logit_softcapping", raw.final_logit_softcapping),
         ] {
             if let Some(cap) = cap {
-                ensure!(cap.is_finite() && cap > 0.0, "{name} must be positive, got {cap}");
+                ensure!(
+                    cap.is_finite() && cap > 0.0,
+                    "{name} must be positive, got {cap}"
+                );
             }
         }
 
         let rope_theta = match (&raw.rope_parameters, raw.rope_theta) {
             (Some(params), _) => {
                 if let Some(kind) = &params.rope_type {
-                    ensure!(kind == "default", "rope_type {kind:?} is not supported (Gemma 2 uses \"default\")");
+                    ensure!(
+                        kind == "default",
+                        "rope_type {kind:?} is not supported (Gemma 2 uses \"default\")"
+                    );
                 }
                 params.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0)
             }
             (None, theta) => theta.unwrap_or(10_000.0),
         };
         if let Some(scaling) = &raw.rope_scaling {
-            ensure!(scaling.is_null(), "rope_scaling is not supported for Gemma 2, found {scaling}");
+            ensure!(
+                scaling.is_null(),
+                "rope_scaling is not supported for Gemma 2, found {scaling}"
+            );
         }
-        ensure!(rope_theta.is_finite() && rope_theta > 0.0, "rope_theta must be positive");
+        ensure!(
+            rope_theta.is_finite() && rope_theta > 0.0,
+            "rope_theta must be positive"
+        );
 
         let sliding_window = raw.sliding_window.unwrap_or(4096);
         ensure!(sliding_window > 0, "sliding_window is 0");
@@ -183,7 +201,13 @@ impl Config {
             }
             // Gemma 2 alternates, starting with a sliding-window layer at layer 0.
             None => (0..raw.num_hidden_layers)
-                .map(|i| if i % 2 == 0 { AttentionKind::Sliding } else { AttentionKind::Global })
+                .map(|i| {
+                    if i % 2 == 0 {
+                        AttentionKind::Sliding
+                    } else {
+                        AttentionKind::Global
+                    }
+                })
                 .collect(),
         };
 

@@ -20,12 +20,18 @@ pub struct Parts {
 impl Parts {
     /// Blocks 0..=layer and nothing after: enough to read any site of `layer`.
     pub fn through_layer(layer: usize) -> Self {
-        Self { blocks: layer + 1, head: false }
+        Self {
+            blocks: layer + 1,
+            head: false,
+        }
     }
 
     /// The whole model, to the soft-capped logits.
     pub fn full(cfg: &Config) -> Self {
-        Self { blocks: cfg.num_hidden_layers, head: true }
+        Self {
+            blocks: cfg.num_hidden_layers,
+            head: true,
+        }
     }
 }
 
@@ -40,7 +46,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints_dtype(size, "weight", Default::default(), DType::F32)?;
-        Ok(Self { scale: (weight + 1.0)?, eps: eps as f32 })
+        Ok(Self {
+            scale: (weight + 1.0)?,
+            eps: eps as f32,
+        })
     }
 }
 
@@ -54,7 +63,12 @@ impl Module for RmsNorm {
 
 /// Rotary position embedding tables (`cos`, `sin`: `[seq, head_dim / 2]`) computed in f32 as
 /// transformers does, then cast to the model dtype.
-fn rotary_tables(cfg: &Config, seq_len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rotary_tables(
+    cfg: &Config,
+    seq_len: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let dim = cfg.head_dim;
     let base = cfg.rope_theta as f32;
     let inv_freq: Vec<f32> = (0..dim)
@@ -76,7 +90,11 @@ fn causal_mask(seq_len: usize, window: Option<usize>, device: &Device) -> Result
         .flat_map(|i| {
             (0..seq_len).map(move |j| {
                 let visible = j <= i && window.is_none_or(|w| i - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
+                if visible {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
             })
         })
         .collect();
@@ -155,7 +173,9 @@ impl Attention {
     /// `[b, t, heads * head_dim]` -> `[b, heads, t, head_dim]`
     fn split_heads(&self, xs: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        xs.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        xs.reshape((b, t, heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// Grouped-query attention: each KV head serves `heads / kv_heads` query heads.
@@ -165,10 +185,18 @@ impl Attention {
             return Ok(xs);
         }
         let (b, kv, t, d) = xs.dims4()?;
-        xs.unsqueeze(2)?.expand((b, kv, n_rep, t, d))?.reshape((b, kv * n_rep, t, d))
+        xs.unsqueeze(2)?
+            .expand((b, kv, n_rep, t, d))?
+            .reshape((b, kv * n_rep, t, d))
     }
 
-    pub fn forward(&self, xs: &Tensor, ctx: &SequenceContext, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        ctx: &SequenceContext,
+        layer: usize,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let q = self.split_heads(&self.q_proj.forward(xs)?, self.num_heads)?;
         let k = self.split_heads(&self.k_proj.forward(xs)?, self.num_kv_heads)?;
@@ -181,11 +209,22 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
         let scores = softcap(&scores, self.softcap)?;
         // The mask goes on after the soft-cap, and softmax runs in f32, as in the reference.
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(ctx.mask(self.kind))?;
+        let scores = scores
+            .to_dtype(DType::F32)?
+            .broadcast_add(ctx.mask(self.kind))?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let heads_out = probs.matmul(&v)?;
-        let concat = heads_out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        let concat = visit(hook, HookPoint { layer, site: Site::Att }, concat)?;
+        let concat = heads_out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        let concat = visit(
+            hook,
+            HookPoint {
+                layer,
+                site: Site::Att,
+            },
+            concat,
+        )?;
         self.o_proj.forward(&concat)
     }
 }
@@ -247,14 +286,37 @@ impl DecoderBlock {
     }
 
     /// `h = x + post_attn_norm(attn(input_norm(x)))`; `out = h + post_ff_norm(mlp(pre_ff_norm(h)))`.
-    pub fn forward(&self, xs: &Tensor, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        ctx: &SequenceContext,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         let layer = self.layer;
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook)?;
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook)?;
         let hidden = (xs + self.post_attention_layernorm.forward(&attn)?)?;
-        let mlp = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&hidden)?)?;
+        let mlp = self
+            .mlp
+            .forward(&self.pre_feedforward_layernorm.forward(&hidden)?)?;
         let mlp = self.post_feedforward_layernorm.forward(&mlp)?;
-        let mlp = visit(hook, HookPoint { layer, site: Site::Mlp }, mlp)?;
-        visit(hook, HookPoint { layer, site: Site::Res }, (hidden + mlp)?)
+        let mlp = visit(
+            hook,
+            HookPoint {
+                layer,
+                site: Site::Mlp,
+            },
+            mlp,
+        )?;
+        visit(
+            hook,
+            HookPoint {
+                layer,
+                site: Site::Res,
+            },
+            (hidden + mlp)?,
+        )
     }
 }
 
@@ -294,19 +356,36 @@ impl Gemma2 {
     /// whose root holds the checkpoint's `model.*` tensors.
     pub fn new(cfg: &Config, parts: Parts, vb: VarBuilder) -> Result<Self> {
         if parts.blocks > cfg.num_hidden_layers {
-            candle_core::bail!("asked for {} blocks of a {}-layer model", parts.blocks, cfg.num_hidden_layers);
+            candle_core::bail!(
+                "asked for {} blocks of a {}-layer model",
+                parts.blocks,
+                cfg.num_hidden_layers
+            );
         }
         let vb = vb.pp("model");
-        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = vb
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let blocks = (0..parts.blocks)
             .map(|i| DecoderBlock::new(cfg, i, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = if parts.head {
-            Some(RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?)
+            Some(RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("norm"),
+            )?)
         } else {
             None
         };
-        Ok(Self { embed_tokens, blocks, norm, cfg: cfg.clone(), dtype: vb.dtype(), device: vb.device().clone() })
+        Ok(Self {
+            embed_tokens,
+            blocks,
+            norm,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -333,15 +412,29 @@ impl Gemma2 {
     /// Token embeddings `[b, t, hidden]`, scaled by `sqrt(hidden_size)` rounded to the model dtype.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let rows = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?;
-        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?.to_dtype(self.dtype)?;
-        rows.reshape((b, t, self.cfg.hidden_size))?.broadcast_mul(&normalizer)
+        let rows = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?;
+        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?
+            .to_dtype(self.dtype)?;
+        rows.reshape((b, t, self.cfg.hidden_size))?
+            .broadcast_mul(&normalizer)
     }
 
     /// Runs blocks `layers` over the residual stream `xs`, letting `hook` see every site.
-    pub fn run_blocks(&self, xs: Tensor, layers: Range<usize>, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn run_blocks(
+        &self,
+        xs: Tensor,
+        layers: Range<usize>,
+        ctx: &SequenceContext,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         if layers.end > self.blocks.len() {
-            candle_core::bail!("layer {} is not loaded ({} blocks loaded)", layers.end - 1, self.blocks.len());
+            candle_core::bail!(
+                "layer {} is not loaded ({} blocks loaded)",
+                layers.end - 1,
+                self.blocks.len()
+            );
         }
         let mut xs = xs;
         for block in &self.blocks[layers] {
@@ -351,7 +444,12 @@ impl Gemma2 {
     }
 
     /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
-    pub fn residual_after(&self, input_ids: &Tensor, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn residual_after(
+        &self,
+        input_ids: &Tensor,
+        layer: usize,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         let ctx = self.context(input_ids.dim(1)?)?;
         self.run_blocks(self.embed(input_ids)?, 0..layer + 1, &ctx, hook)
     }

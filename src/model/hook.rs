@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 
 /// A place in a decoder block where Gemma Scope SAEs were trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Site {
     /// The residual stream after the block: the output of `model.layers[L]`.

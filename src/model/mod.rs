@@ -18,5 +18,6 @@ pub fn load(files: &ModelFiles, parts: Parts, dtype: DType, device: &Device) -> 
     // Safety: the weight files are mapped read-only and gemscope never writes to them.
     let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&paths, dtype, device) }
         .with_context(|| format!("cannot read the weights of {}", files.source))?;
-    Gemma2::new(&files.config, parts, vb).with_context(|| format!("cannot load the weights of {}", files.source))
+    Gemma2::new(&files.config, parts, vb)
+        .with_context(|| format!("cannot load the weights of {}", files.source))
 }
