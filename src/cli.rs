@@ -24,6 +24,8 @@ pub enum Command {
     Features(crate::commands::features::FeaturesArgs),
     /// Write the hooked activations of one prompt to a float32 .npy file [tokens, width].
     Activations(crate::commands::activations::ActivationsArgs),
+    /// List the Gemma Scope SAEs a release holds (layers, widths, L0s, canonical).
+    ListSaes(crate::commands::list_saes::ListSaesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

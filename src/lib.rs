@@ -25,5 +25,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Features(args) => commands::features::run(args),
         cli::Command::Activations(args) => commands::activations::run(args),
+        cli::Command::ListSaes(args) => commands::list_saes::run(args),
     }
 }

@@ -3,4 +3,6 @@
 mod util;
 
 mod cli;
+mod hub;
+mod hub_server;
 mod parity;

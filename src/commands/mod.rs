@@ -2,6 +2,7 @@
 
 pub mod activations;
 pub mod features;
+pub mod list_saes;
 
 use crate::model::{Config, Site};
 use anyhow::{ensure, Result};

@@ -1,5 +1,14 @@
 //! Finding a model's files (config, tokenizer and only the weight shards a job needs), locally or on the Hugging Face Hub.
 
+pub mod cache;
+pub mod client;
+pub mod models;
+pub mod saes;
+
+pub use client::{HubClient, HubError, HubOptions};
+pub use models::{fetch_weights, resolve_model};
+pub use saes::{resolve_sae, L0Choice, Neuronpedia, ResolvedSae, SaeRequest};
+
 use crate::model::{Config, Parts};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,11 +25,15 @@ pub enum Weights {
 }
 
 /// The files of one Gemma 2 checkpoint, with its parsed config.
+///
+/// From the hub ([`resolve_model`]), `source` is the repo id, `revision` the commit, and the
+/// weight paths point into the cache's snapshot, where [`fetch_weights`] downloads them.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// What the user named (a directory or a hub repo id), for reports.
     pub source: String,
-    /// The hub commit the files come from; `None` for a local directory.
+    /// The hub commit the files come from; `None` for a local directory. `Some` means `source`
+    /// is a hub repo id.
     pub revision: Option<String>,
     pub config: Config,
     pub tokenizer: PathBuf,
@@ -41,6 +54,42 @@ pub fn tensor_needed(name: &str, parts: Parts) -> bool {
     name.starts_with("model.embed_tokens.") || (parts.head && name.starts_with("model.norm."))
 }
 
+/// Reads `model.safetensors.index.json`, refusing shard names that leave its directory.
+pub fn read_shard_index(index_path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(index_path)
+        .with_context(|| format!("cannot read {}", index_path.display()))?;
+    let index: ShardIndex = serde_json::from_str(&text)
+        .with_context(|| format!("invalid shard index {}", index_path.display()))?;
+    for shard in index.weight_map.values() {
+        ensure!(
+            !shard.is_empty()
+                && !shard.contains('/')
+                && !shard.contains('\\')
+                && !shard.starts_with('.'),
+            "shard index {} names a file outside the model directory: {shard:?}",
+            index_path.display()
+        );
+    }
+    Ok(index.weight_map)
+}
+
+/// The shard files (names from the index's `weight_map`) holding a tensor of `parts`.
+pub fn needed_shards(
+    weight_map: &BTreeMap<String, String>,
+    parts: Parts,
+) -> Result<BTreeSet<&str>> {
+    let shards: BTreeSet<&str> = weight_map
+        .iter()
+        .filter(|(name, _)| tensor_needed(name, parts))
+        .map(|(_, shard)| shard.as_str())
+        .collect();
+    ensure!(
+        !shards.is_empty(),
+        "the shard index lists none of the tensors needed"
+    );
+    Ok(shards)
+}
+
 impl ModelFiles {
     /// A local directory laid out like a hub snapshot: `config.json`, `tokenizer.json` and
     /// `model.safetensors` or `model.safetensors.index.json` with its shards.
@@ -50,20 +99,9 @@ impl ModelFiles {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let weights = if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("cannot read {}", index_path.display()))?;
-            let index: ShardIndex = serde_json::from_str(&text)
-                .with_context(|| format!("invalid shard index {}", index_path.display()))?;
-            for shard in index.weight_map.values() {
-                ensure!(
-                    !shard.contains('/') && !shard.contains('\\') && !shard.starts_with('.'),
-                    "shard index {} names a file outside the model directory: {shard:?}",
-                    index_path.display()
-                );
-            }
             Weights::Sharded {
                 dir: dir.to_path_buf(),
-                weight_map: index.weight_map,
+                weight_map: read_shard_index(&index_path)?,
             }
         } else if single.is_file() {
             Weights::Single(single)
@@ -88,15 +126,7 @@ impl ModelFiles {
         match &self.weights {
             Weights::Single(path) => Ok(vec![path.clone()]),
             Weights::Sharded { dir, weight_map } => {
-                let shards: BTreeSet<&String> = weight_map
-                    .iter()
-                    .filter(|(name, _)| tensor_needed(name, parts))
-                    .map(|(_, shard)| shard)
-                    .collect();
-                ensure!(
-                    !shards.is_empty(),
-                    "the shard index lists none of the tensors needed"
-                );
+                let shards = needed_shards(weight_map, parts)?;
                 let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
                 for file in &files {
                     ensure!(file.is_file(), "weight shard {} not found", file.display());
