@@ -143,10 +143,7 @@ mod tests {
 
     #[test]
     fn needed_tensors_follow_the_parts() {
-        let through_1 = Parts {
-            blocks: 2,
-            head: false,
-        };
+        let through_1 = Parts::through_layer(1);
         assert!(tensor_needed("model.embed_tokens.weight", through_1));
         assert!(tensor_needed(
             "model.layers.1.mlp.up_proj.weight",
@@ -164,8 +161,8 @@ mod tests {
         assert!(tensor_needed(
             "model.norm.weight",
             Parts {
-                blocks: 2,
-                head: true
+                head: true,
+                ..through_1
             }
         ));
     }

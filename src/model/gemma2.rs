@@ -1,37 +1,42 @@
 //! The Gemma 2 forward pass (transformers' `modeling_gemma2.py` is the reference), with a hook at every site.
 //!
 //! Tensor names follow the checkpoint (`model.layers.{i}.self_attn.q_proj.weight`, ...) through
-//! `vb.pp(...)`. Only the blocks a job needs are loaded: [`Parts`] says how many.
+//! `vb.pp(...)`. Only the blocks a job needs are read: [`Parts`] says how many, and whether they
+//! stay in memory or are streamed from the mapped file one at a time.
 
 use super::config::{Activation, AttentionKind, Config};
 use super::hook::{Hook, HookPoint, Site};
+use super::weights::{MappedWeights, SharedWeights};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use std::ops::Range;
+use std::sync::Arc;
 
-/// Which parts of the checkpoint to load: blocks `0..blocks`, and the final norm with the tied
-/// LM head when logits are needed.
+/// Which parts of the checkpoint a job uses: blocks `0..blocks`, the final norm with the tied LM
+/// head when logits are needed, and whether blocks stay in memory between passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parts {
     pub blocks: usize,
     pub head: bool,
+    /// Keep every block's weights in memory (for many passes: generation, evaluation). When
+    /// false, a block is built from the mapped file when it runs and dropped after, so memory
+    /// holds one block at a time whatever the depth.
+    pub resident: bool,
 }
 
 impl Parts {
-    /// Blocks 0..=layer and nothing after: enough to read any site of `layer`.
+    /// Blocks 0..=layer and nothing after, streamed: enough to read any site of `layer` once.
     pub fn through_layer(layer: usize) -> Self {
-        Self {
-            blocks: layer + 1,
-            head: false,
-        }
+        Self { blocks: layer + 1, head: false, resident: false }
     }
 
-    /// The whole model, to the soft-capped logits.
+    /// The whole model, to the soft-capped logits, resident.
     pub fn full(cfg: &Config) -> Self {
-        Self {
-            blocks: cfg.num_hidden_layers,
-            head: true,
-        }
+        Self { blocks: cfg.num_hidden_layers, head: true, resident: true }
+    }
+
+    pub fn resident(self) -> Self {
+        Self { resident: true, ..self }
     }
 }
 
@@ -339,11 +344,17 @@ fn visit(hook: &mut dyn Hook, point: HookPoint, activation: Tensor) -> Result<Te
     }
 }
 
-/// Gemma 2 with blocks `0..parts.blocks` loaded.
-#[derive(Debug, Clone)]
+/// Gemma 2 with blocks `0..parts.blocks` available, resident or streamed from the mapped weights.
 pub struct Gemma2 {
-    embed_tokens: Tensor,
+    weights: Arc<MappedWeights>,
+    /// Builds blocks on demand; rooted at the checkpoint's `model.` prefix.
+    vb: VarBuilder<'static>,
+    /// The embedding matrix, kept only when the tied LM head needs all of it; otherwise the rows
+    /// a prompt uses are read from the file.
+    embed_tokens: Option<Tensor>,
+    /// Resident blocks (all of them), or none when blocks are streamed.
     blocks: Vec<DecoderBlock>,
+    n_blocks: usize,
     /// The final norm; present only when the LM head was asked for.
     norm: Option<RmsNorm>,
     cfg: Config,
@@ -351,41 +362,61 @@ pub struct Gemma2 {
     device: Device,
 }
 
+const EMBED: &str = "model.embed_tokens.weight";
+
 impl Gemma2 {
-    /// Loads the embeddings, the requested blocks and (optionally) the final norm from `vb`,
-    /// whose root holds the checkpoint's `model.*` tensors.
-    pub fn new(cfg: &Config, parts: Parts, vb: VarBuilder) -> Result<Self> {
+    /// Prepares `parts` of the checkpoint in `weights`, converting to `dtype` on `device`.
+    pub fn new(cfg: &Config, parts: Parts, weights: Arc<MappedWeights>, dtype: DType, device: &Device) -> Result<Self> {
         if parts.blocks > cfg.num_hidden_layers {
-            candle_core::bail!(
-                "asked for {} blocks of a {}-layer model",
-                parts.blocks,
-                cfg.num_hidden_layers
-            );
+            candle_core::bail!("asked for {} blocks of a {}-layer model", parts.blocks, cfg.num_hidden_layers);
         }
-        let vb = vb.pp("model");
-        let embed_tokens = vb
-            .pp("embed_tokens")
-            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let blocks = (0..parts.blocks)
-            .map(|i| DecoderBlock::new(cfg, i, vb.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = if parts.head {
-            Some(RmsNorm::new(
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-                vb.pp("norm"),
-            )?)
+        let backend: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(SharedWeights(weights.clone()));
+        let vb = VarBuilder::from_backend(backend, dtype, device.clone()).pp("model");
+        // Check the embedding's shape up front, even when only rows of it will be read.
+        let embed_shape = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = if parts.head {
+            Some(vb.pp("embed_tokens").get(embed_shape, "weight")?)
         } else {
+            let _ = vb.pp("embed_tokens").get_with_hints(embed_shape, "weight", Default::default()).map(|_| ());
             None
         };
-        Ok(Self {
+        let mut model = Self {
+            weights,
+            vb,
             embed_tokens,
-            blocks,
-            norm,
+            blocks: Vec::new(),
+            n_blocks: parts.blocks,
+            norm: None,
             cfg: cfg.clone(),
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
-        })
+            dtype,
+            device: device.clone(),
+        };
+        if parts.resident {
+            model.blocks = (0..parts.blocks).map(|i| model.build_block(i)).collect::<Result<Vec<_>>>()?;
+        } else {
+            // Fail now, not halfway through a run, if a needed tensor is missing.
+            for i in 0..parts.blocks {
+                model.check_block_tensors(i)?;
+            }
+        }
+        if parts.head {
+            model.norm = Some(RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, model.vb.pp("norm"))?);
+        }
+        Ok(model)
+    }
+
+    fn build_block(&self, layer: usize) -> Result<DecoderBlock> {
+        DecoderBlock::new(&self.cfg, layer, self.vb.pp("layers").pp(layer))
+    }
+
+    fn check_block_tensors(&self, layer: usize) -> Result<()> {
+        for suffix in BLOCK_TENSORS {
+            let name = format!("model.layers.{layer}.{suffix}");
+            if !self.weights.contains(&name) {
+                candle_core::bail!("tensor {name} is missing from the weights");
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -400,9 +431,9 @@ impl Gemma2 {
         &self.device
     }
 
-    /// Number of loaded blocks: layers `0..loaded_blocks()` can be run.
+    /// Number of available blocks: layers `0..loaded_blocks()` can be run.
     pub fn loaded_blocks(&self) -> usize {
-        self.blocks.len()
+        self.n_blocks
     }
 
     pub fn context(&self, seq_len: usize) -> Result<SequenceContext> {
@@ -412,62 +443,107 @@ impl Gemma2 {
     /// Token embeddings `[b, t, hidden]`, scaled by `sqrt(hidden_size)` rounded to the model dtype.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let rows = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?;
-        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?
-            .to_dtype(self.dtype)?;
-        rows.reshape((b, t, self.cfg.hidden_size))?
-            .broadcast_mul(&normalizer)
+        let rows = match &self.embed_tokens {
+            Some(table) => table.index_select(&input_ids.flatten_all()?, 0)?,
+            None => {
+                let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+                self.weights.load_rows(EMBED, &ids, self.dtype, &self.device)?
+            }
+        };
+        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?.to_dtype(self.dtype)?;
+        rows.reshape((b, t, self.cfg.hidden_size))?.broadcast_mul(&normalizer)
+    }
+
+    fn check_range(&self, layers: &Range<usize>) -> Result<()> {
+        if layers.end > self.n_blocks {
+            candle_core::bail!("layer {} is not loaded ({} blocks loaded)", layers.end - 1, self.n_blocks);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with block `layer`: the resident one, or one built for the occasion and dropped after.
+    fn with_block<R>(&self, layer: usize, f: impl FnOnce(&DecoderBlock) -> Result<R>) -> Result<R> {
+        match self.blocks.get(layer) {
+            Some(block) => f(block),
+            None => f(&self.build_block(layer)?),
+        }
     }
 
     /// Runs blocks `layers` over the residual stream `xs`, letting `hook` see every site.
-    pub fn run_blocks(
+    pub fn run_blocks(&self, xs: Tensor, layers: Range<usize>, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+        self.check_range(&layers)?;
+        let mut xs = xs;
+        for layer in layers {
+            xs = self.with_block(layer, |block| block.forward(&xs, ctx, hook))?;
+        }
+        Ok(xs)
+    }
+
+    /// Runs several sequences through blocks `layers`, block by block: every sequence passes
+    /// block `i` before block `i + 1` is built, so a streamed block is read once for all of them.
+    /// `hooks[k]` sees the sites of sequence `k`.
+    pub fn run_blocks_many<H: Hook>(
         &self,
-        xs: Tensor,
+        xs: Vec<Tensor>,
+        ctxs: &[SequenceContext],
         layers: Range<usize>,
-        ctx: &SequenceContext,
-        hook: &mut dyn Hook,
-    ) -> Result<Tensor> {
-        if layers.end > self.blocks.len() {
-            candle_core::bail!(
-                "layer {} is not loaded ({} blocks loaded)",
-                layers.end - 1,
-                self.blocks.len()
-            );
+        hooks: &mut [H],
+    ) -> Result<Vec<Tensor>> {
+        self.check_range(&layers)?;
+        if xs.len() != ctxs.len() || xs.len() != hooks.len() {
+            candle_core::bail!("run_blocks_many: {} sequences, {} contexts, {} hooks", xs.len(), ctxs.len(), hooks.len());
         }
         let mut xs = xs;
-        for block in &self.blocks[layers] {
-            xs = block.forward(&xs, ctx, hook)?;
+        for layer in layers {
+            xs = self.with_block(layer, |block| {
+                xs.iter()
+                    .zip(ctxs)
+                    .zip(hooks.iter_mut())
+                    .map(|((x, ctx), hook)| block.forward(x, ctx, hook))
+                    .collect::<Result<Vec<_>>>()
+            })?;
         }
         Ok(xs)
     }
 
     /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
-    pub fn residual_after(
-        &self,
-        input_ids: &Tensor,
-        layer: usize,
-        hook: &mut dyn Hook,
-    ) -> Result<Tensor> {
+    pub fn residual_after(&self, input_ids: &Tensor, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
         let ctx = self.context(input_ids.dim(1)?)?;
         self.run_blocks(self.embed(input_ids)?, 0..layer + 1, &ctx, hook)
     }
 
     /// Final norm, tied LM head and the `30 * tanh(z / 30)` soft-cap: `[b, t, vocab]`.
     pub fn logits(&self, xs: &Tensor) -> Result<Tensor> {
-        let Some(norm) = &self.norm else {
+        let (Some(norm), Some(embed)) = (&self.norm, &self.embed_tokens) else {
             candle_core::bail!("the LM head was not loaded (load with Parts::full)");
         };
         let xs = norm.forward(xs)?;
-        let logits = xs.broadcast_matmul(&self.embed_tokens.t()?)?;
+        let logits = xs.broadcast_matmul(&embed.t()?)?;
         softcap(&logits, self.cfg.final_logit_softcapping)
     }
 
     /// The full forward pass to soft-capped logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        if self.n_blocks != self.cfg.num_hidden_layers {
+            candle_core::bail!("the full forward pass needs all {} blocks, {} are loaded", self.cfg.num_hidden_layers, self.n_blocks);
+        }
         let ctx = self.context(input_ids.dim(1)?)?;
-        let xs = self.run_blocks(self.embed(input_ids)?, 0..self.blocks.len(), &ctx, hook)?;
+        let xs = self.run_blocks(self.embed(input_ids)?, 0..self.n_blocks, &ctx, hook)?;
         self.logits(&xs)
     }
 }
+
+/// The tensors every decoder block reads (its prefix is `model.layers.{i}.`), biases aside.
+const BLOCK_TENSORS: [&str; 11] = [
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "pre_feedforward_layernorm.weight",
+    "post_feedforward_layernorm.weight",
+];

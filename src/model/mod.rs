@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gemma2;
 pub mod hook;
+pub mod weights;
 
 pub use config::{AttentionKind, Config};
 pub use gemma2::{Gemma2, Parts, SequenceContext};
@@ -12,12 +13,12 @@ use crate::hub::ModelFiles;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
-/// Loads `parts` of the checkpoint in `files`, memory-mapped, converting weights to `dtype`.
+/// Maps the weight files holding `parts` of the checkpoint in `files`; blocks are converted to
+/// `dtype` on `device` when built (at once if resident, else as they run).
 pub fn load(files: &ModelFiles, parts: Parts, dtype: DType, device: &Device) -> Result<Gemma2> {
     let paths = files.weight_files(parts)?;
-    // Safety: the weight files are mapped read-only and gemscope never writes to them.
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&paths, dtype, device) }
+    let weights = weights::MappedWeights::open(&paths)
         .with_context(|| format!("cannot read the weights of {}", files.source))?;
-    Gemma2::new(&files.config, parts, vb)
+    Gemma2::new(&files.config, parts, std::sync::Arc::new(weights), dtype, device)
         .with_context(|| format!("cannot load the weights of {}", files.source))
 }
