@@ -56,15 +56,39 @@ impl DtypeArg {
 /// Where the model comes from and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model directory holding config.json, tokenizer.json and model.safetensors (or shards with model.safetensors.index.json).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// A Hugging Face repo id (downloaded into the Hugging Face cache; gated Gemma repos need
+    /// HF_TOKEN), or a local directory with config.json, tokenizer.json and model.safetensors
+    /// (or shards with model.safetensors.index.json).
+    #[arg(long, value_name = "REPO|DIR", default_value = crate::hub::models::DEFAULT_MODEL)]
+    pub model: String,
+    /// Branch, tag or commit of the model repo.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+    /// Use only the Hugging Face cache, never the network (as HF_HUB_OFFLINE=1 does).
+    #[arg(long)]
+    pub offline: bool,
     /// Where to run the forward pass.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Model weights and activations dtype (the SAE always runs in f32). On the CPU, f32 is fastest.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+}
+
+/// Which SAE to read the activations with.
+#[derive(Debug, Clone, Args)]
+pub struct SaeArgs {
+    /// A local params.npz (or .safetensors with the same tensor names), a hub path REPO/PATH to
+    /// an SAE folder or file, or a release repo such as google/gemma-scope-2b-pt-res. Default:
+    /// the Gemma Scope release for the model and site.
+    #[arg(long, value_name = "FILE|REPO[/PATH]")]
+    pub sae: Option<String>,
+    /// SAE width within a release: 16k, 32k, 65k, 131k, 262k, 524k or 1m.
+    #[arg(long, value_name = "WIDTH", default_value = "16k")]
+    pub width: String,
+    /// The release's average_l0_N folder: N, or canonical (the one closest to 100, as SAELens picks).
+    #[arg(long, value_name = "N|canonical", default_value = "canonical")]
+    pub l0: crate::hub::L0Choice,
 }
 
 /// Which activation to read.

@@ -66,9 +66,15 @@ fn pad(text: &str, width: usize) -> String {
     format!("{text}{}", " ".repeat(width.saturating_sub(w)))
 }
 
-fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
+/// A statistic with four significant digits (`0.5793`, `33.10`, `1234`), or `n/a`.
+fn fmt_opt(value: Option<f64>) -> String {
     match value {
-        Some(v) => format!("{v:.decimals$}"),
+        Some(v) if v.is_finite() && v != 0.0 => {
+            let magnitude = v.abs().log10().floor() as i32;
+            let decimals = (3 - magnitude).clamp(0, 6) as usize;
+            format!("{v:.decimals$}")
+        }
+        Some(v) => format!("{v}"),
         None => "n/a".to_string(),
     }
 }
@@ -190,8 +196,8 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         w,
         "  mean L0 {}   variance explained {}   MSE {}   over {counted} token{}",
         style.bold(&format!("{:.1}", prompt.mean_l0)),
-        style.bold(&fmt_opt(prompt.variance_explained, 4)),
-        style.bold(&fmt_opt(prompt.mse, 6)),
+        style.bold(&fmt_opt(prompt.variance_explained)),
+        style.bold(&fmt_opt(prompt.mse)),
         if counted == 1 { "" } else { "s" }
     )?;
     if prompt.top_features.is_empty() {
@@ -210,24 +216,31 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         writeln!(
             w,
             "  {}{}{:>10.2}{:>8}",
-            style.feature(&format!("#{:<9}", f.feature)),
-            style.value(&format!("{:>10.2}", f.activation_sum)),
-            f.activation_max,
-            f.active_tokens
+            style.feature(&format!("#{:<9}", f.stats.feature)),
+            style.value(&format!("{:>10.2}", f.stats.activation_sum)),
+            f.stats.activation_max,
+            f.stats.active_tokens
         )?;
+    }
+    if let Some(url) = prompt
+        .top_features
+        .first()
+        .and_then(|f| f.neuronpedia_url.as_deref())
+    {
+        writeln!(w, "  top feature on Neuronpedia: {}", style.paint("4", url))?;
     }
     Ok(())
 }
 
 /// One pretty-printed JSON document and a newline.
 pub fn write_json<T: Serialize>(w: &mut dyn Write, value: &T) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *w, value).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *w, value).map_err(io::Error::from)?;
     writeln!(w)
 }
 
 /// One compact JSON object on its own line.
 pub fn write_jsonl_line(w: &mut dyn Write, line: &PromptLine<'_>) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, line).map_err(io::Error::other)?;
+    serde_json::to_writer(&mut *w, line).map_err(io::Error::from)?;
     writeln!(w)
 }
 
@@ -245,13 +258,14 @@ mod tests {
             text: text.into(),
             bos,
             l0,
-            top_features: top,
+            top_features: top.into_iter().map(Into::into).collect(),
         };
         FeaturesReport {
             schema_version: SCHEMA_VERSION,
             gemscope_version: "test",
             model: ModelInfo {
                 source: "m".into(),
+                revision: None,
                 num_layers: 4,
                 hidden_size: 8,
                 device: "cpu".into(),
@@ -259,8 +273,15 @@ mod tests {
             },
             sae: SaeInfo {
                 source: "s.npz".into(),
+                file: "s.npz".into(),
+                repo: None,
+                path: None,
+                revision: None,
+                width: None,
+                l0: None,
                 d_in: 8,
                 d_sae: 16,
+                neuronpedia: None,
             },
             hook: HookInfo {
                 layer: 1,
@@ -304,7 +325,8 @@ mod tests {
                     activation_sum: 1.5,
                     activation_max: 1.5,
                     active_tokens: 1,
-                }],
+                }
+                .into()],
             }],
         }
     }
@@ -330,6 +352,26 @@ mod tests {
             .map(|l| l.split("  #").next().unwrap().trim_end().width())
             .collect();
         assert_eq!(l0_col[0], l0_col[1], "{text}");
+    }
+
+    #[test]
+    fn statistics_keep_four_significant_digits_and_links_show() {
+        assert_eq!(fmt_opt(Some(33.100987)), "33.10");
+        assert_eq!(fmt_opt(Some(0.57934)), "0.5793");
+        assert_eq!(fmt_opt(Some(12345.6)), "12346");
+        assert_eq!(fmt_opt(None), "n/a");
+        let mut r = report();
+        r.prompts[0].link_neuronpedia(&crate::hub::Neuronpedia {
+            model: "gemma-2-2b".into(),
+            sae_id: "1-gemmascope-res-16k".into(),
+        });
+        let mut out = Vec::new();
+        write_features_table(&mut out, &r, Style { color: false }).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,20 +10,38 @@ use candle_core::{DType, Tensor};
 /// The activation `[tokens, width]` at `point` for one prompt's ids (BOS included), in f32.
 /// Runs blocks `0..=point.layer` and no further.
 pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> {
-    ensure!(!ids.is_empty(), "no tokens to run");
+    let mut one = capture_many(model, std::slice::from_ref(&ids.to_vec()), point)?;
+    Ok(one.remove(0))
+}
+
+/// The activations at `point` for several prompts, run block by block: all prompts pass block
+/// `i` before block `i + 1` is read, so each block's weights are touched once for the lot.
+pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> Result<Vec<Tensor>> {
     let max = model.config().max_position_embeddings;
-    ensure!(
-        ids.len() <= max,
-        "the prompt has {} tokens, more than the model's context of {max}",
-        ids.len()
-    );
-    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let mut hook = Capture::new(point);
+    let mut xs = Vec::with_capacity(prompts.len());
+    let mut ctxs = Vec::with_capacity(prompts.len());
+    for ids in prompts {
+        ensure!(!ids.is_empty(), "no tokens to run");
+        ensure!(
+            ids.len() <= max,
+            "the prompt has {} tokens, more than the model's context of {max}",
+            ids.len()
+        );
+        let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+        xs.push(model.embed(&input)?);
+        ctxs.push(model.context(ids.len())?);
+    }
+    let mut hooks: Vec<Capture> = prompts.iter().map(|_| Capture::new(point)).collect();
     model
-        .residual_after(&input, point.layer, &mut hook)
+        .run_blocks_many(xs, &ctxs, 0..point.layer + 1, &mut hooks)
         .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
-    let activation = hook.value.context("the hook point was never reached")?;
-    Ok(activation.squeeze(0)?.to_dtype(DType::F32)?)
+    hooks
+        .into_iter()
+        .map(|hook| {
+            let activation = hook.value.context("the hook point was never reached")?;
+            Ok(activation.squeeze(0)?.to_dtype(DType::F32)?)
+        })
+        .collect()
 }
 
 /// Fails on the first NaN or infinity, naming the hook point and token: a model run in a
@@ -80,7 +98,10 @@ pub fn analyze(
             text: input.pieces[position].clone(),
             bos: position == 0,
             l0: metrics::l0(row),
-            top_features: metrics::top_k(row, top_k),
+            top_features: metrics::top_k(row, top_k)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         })
         .collect();
     let counted = &tokens[1..];
@@ -97,7 +118,10 @@ pub fn analyze(
         None
     };
     let top_features =
-        metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k);
+        metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k)
+            .into_iter()
+            .map(Into::into)
+            .collect();
 
     Ok(PromptReport {
         index: input.index,

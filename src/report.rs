@@ -1,5 +1,6 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
+use crate::hub::Neuronpedia;
 use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::Site;
 use serde::Serialize;
@@ -10,8 +11,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Where the model came from and what was run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
-    /// The local directory (or, later, hub repo id) given by the user.
+    /// The hub repo id or local directory the model came from.
     pub source: String,
+    /// The hub commit of the model files; `null` for a local directory.
+    pub revision: Option<String>,
     pub num_layers: usize,
     pub hidden_size: usize,
     pub device: String,
@@ -20,9 +23,77 @@ pub struct ModelInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SaeInfo {
+    /// Where the SAE came from: `repo/path` on the hub, or the local file.
     pub source: String,
+    /// The local file read (in the Hugging Face cache for hub SAEs).
+    pub file: String,
+    /// Hub repo, path within it and commit; `null` for a local file.
+    pub repo: Option<String>,
+    pub path: Option<String>,
+    pub revision: Option<String>,
+    /// Gemma Scope width (`16k`) and `average_l0` folder, when the SAE came from a release.
+    pub width: Option<String>,
+    pub l0: Option<u32>,
     pub d_in: usize,
     pub d_sae: usize,
+    /// Neuronpedia's ids for this SAE (canonical Gemma Scope SAEs only).
+    pub neuronpedia: Option<NeuronpediaInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeuronpediaInfo {
+    pub model: String,
+    pub sae_id: String,
+    /// A feature's page: replace `{feature}` with its id.
+    pub url_template: String,
+}
+
+impl From<&Neuronpedia> for NeuronpediaInfo {
+    fn from(n: &Neuronpedia) -> Self {
+        Self {
+            model: n.model.clone(),
+            sae_id: n.sae_id.clone(),
+            url_template: n.url(0).replace("/0", "/{feature}"),
+        }
+    }
+}
+
+/// A feature active at a token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopFeature {
+    pub feature: u32,
+    pub activation: f32,
+    /// The feature's Neuronpedia page, for canonical Gemma Scope SAEs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neuronpedia_url: Option<String>,
+}
+
+impl From<FeatureActivation> for TopFeature {
+    fn from(f: FeatureActivation) -> Self {
+        Self {
+            feature: f.feature,
+            activation: f.activation,
+            neuronpedia_url: None,
+        }
+    }
+}
+
+/// A feature ranked over a whole prompt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AggregateTopFeature {
+    #[serde(flatten)]
+    pub stats: AggregateFeature,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neuronpedia_url: Option<String>,
+}
+
+impl From<AggregateFeature> for AggregateTopFeature {
+    fn from(stats: AggregateFeature) -> Self {
+        Self {
+            stats,
+            neuronpedia_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -43,7 +114,7 @@ pub struct TokenReport {
     /// Number of active features (activation > 0).
     pub l0: usize,
     /// The strongest active features, by activation descending, ties by lower id.
-    pub top_features: Vec<FeatureActivation>,
+    pub top_features: Vec<TopFeature>,
 }
 
 /// One prompt's tokens and statistics; `mean_l0`, `variance_explained` and `mse` exclude BOS.
@@ -57,7 +128,21 @@ pub struct PromptReport {
     pub variance_explained: Option<f64>,
     pub mse: Option<f64>,
     /// Features ranked by summed activation over the non-BOS tokens.
-    pub top_features: Vec<AggregateFeature>,
+    pub top_features: Vec<AggregateTopFeature>,
+}
+
+impl PromptReport {
+    /// Adds each listed feature's Neuronpedia page.
+    pub fn link_neuronpedia(&mut self, neuronpedia: &Neuronpedia) {
+        for token in &mut self.tokens {
+            for f in &mut token.top_features {
+                f.neuronpedia_url = Some(neuronpedia.url(f.feature));
+            }
+        }
+        for f in &mut self.top_features {
+            f.neuronpedia_url = Some(neuronpedia.url(f.stats.feature));
+        }
+    }
 }
 
 /// The whole output of `gemscope features`.

@@ -660,6 +660,90 @@ fn list_saes(hub_url: &str, home: &Path, args: &[&str]) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
+/// Runs `gemscope ARGS` against the fake hub, with a clean Hugging Face environment.
+fn gemscope_on_hub(hub_url: &str, home: &Path, args: &[&str]) -> Output {
+    let mut cmd = bin();
+    for var in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN_PATH",
+        "XDG_CACHE_HOME",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_ENDPOINT", hub_url)
+        .env("HF_HOME", home)
+        .args(args);
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn the_main_command_needs_no_paths_and_then_runs_offline_from_the_cache() {
+    // `gemscope features --layer 1 "prompt"`: default model, default (canonical) SAE, from the hub.
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "features",
+        "--layer",
+        "1",
+        "--json",
+        "The Golden Gate Bridge is",
+    ];
+    let hub = FakeHub::start(vec![gemma_2_2b(), gemma_scope_2b_pt_res()]);
+    let doc = json_of(&gemscope_on_hub(&hub.url(), home.path(), &args));
+    drop(hub);
+
+    assert_eq!(doc["model"]["source"], MODEL);
+    assert_eq!(doc["model"]["revision"], commit_of(MODEL));
+    assert_eq!(doc["sae"]["repo"], SCOPE);
+    assert_eq!(
+        doc["sae"]["path"],
+        "layer_1/width_16k/average_l0_95/params.npz"
+    );
+    assert_eq!(doc["sae"]["width"], "16k");
+    assert_eq!(doc["sae"]["l0"], 95);
+    assert_eq!(doc["sae"]["neuronpedia"]["sae_id"], "1-gemmascope-res-16k");
+    let token = &doc["prompts"][0]["tokens"][1];
+    let feature = token["top_features"][0]["feature"].as_u64().unwrap();
+    assert_eq!(
+        token["top_features"][0]["neuronpedia_url"],
+        format!("https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/{feature}")
+    );
+    assert!(doc["prompts"][0]["top_features"][0]["neuronpedia_url"].is_string());
+
+    // The same numbers as the local fixture run: the hub only changes where files come from.
+    let reference = crate::util::Reference::load("tiny");
+    let want = &reference.json["saes"]["res_L1"]["prompts"][0];
+    assert_eq!(doc["prompts"][0]["tokens"][3]["l0"], want["l0"][3]);
+
+    // Server gone: the same command works from the cache, with HF_HUB_OFFLINE and without it.
+    let offline = json_of(&gemscope_on_hub(
+        "http://127.0.0.1:9",
+        home.path(),
+        &[&args[..], &["--offline"]].concat(),
+    ));
+    assert_eq!(offline["prompts"], doc["prompts"]);
+    let table = gemscope_on_hub(
+        "http://127.0.0.1:9",
+        home.path(),
+        &["features", "--layer", "1", "--offline", "hello"],
+    );
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(stdout(&table).contains(
+        "top feature on Neuronpedia: https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/"
+    ));
+
+    // Offline with an empty cache names the missing file.
+    let empty = tempfile::tempdir().unwrap();
+    let out = gemscope_on_hub(
+        "http://127.0.0.1:9",
+        empty.path(),
+        &[&args[..], &["--offline"]].concat(),
+    );
+    assert_fails_with(&out, "config.json");
+}
+
 #[test]
 fn list_saes_shows_layers_widths_l0s_and_the_canonical_one() {
     let home = tempfile::tempdir().unwrap();

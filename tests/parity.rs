@@ -293,24 +293,24 @@ fn sae_activations_reconstructions_and_statistics_match_the_reference() {
                 let aggregate = expected["aggregate"].as_array().unwrap();
                 for (got, want) in report.top_features.iter().zip(aggregate) {
                     assert_eq!(
-                        got.feature as u64,
+                        got.stats.feature as u64,
                         want["feature"].as_u64().unwrap(),
                         "{what} aggregate ids"
                     );
                     assert_close_f64(
                         &format!("{what} aggregate sum"),
-                        got.activation_sum as f64,
+                        got.stats.activation_sum as f64,
                         want["sum"].as_f64().unwrap(),
                         1e-4,
                     );
                     assert_close_f64(
                         &format!("{what} aggregate max"),
-                        got.activation_max as f64,
+                        got.stats.activation_max as f64,
                         want["max"].as_f64().unwrap(),
                         1e-4,
                     );
                     assert_eq!(
-                        got.active_tokens as u64,
+                        got.stats.active_tokens as u64,
                         want["count"].as_u64().unwrap(),
                         "{what} aggregate count"
                     );

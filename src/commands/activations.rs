@@ -1,8 +1,8 @@
 //! `gemscope activations`: the hooked activations of one prompt as a float32 `.npy` `[tokens, width]`.
 
-use super::check_layer;
+use super::{check_layer, open_model};
 use crate::cli::{select_device, HookArgs, ModelArgs};
-use crate::hub::ModelFiles;
+use crate::hub;
 use crate::model::{self, HookPoint, Parts};
 use crate::pipeline;
 use crate::tokenizer::PromptTokenizer;
@@ -54,7 +54,7 @@ fn write_npy_atomically(path: &Path, array: &ndarray::Array2<f32>) -> Result<()>
 pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
     ensure!(!args.prompt.is_empty(), "the prompt is empty");
     let device = select_device(args.model.device)?;
-    let files = ModelFiles::from_dir(&args.model.model)?;
+    let (client, files) = open_model(&args.model)?;
     let cfg = &files.config;
     check_layer(args.hook.layer, cfg)?;
     let point = HookPoint {
@@ -63,12 +63,9 @@ pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
     };
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
     let ids = tokenizer.encode(&args.prompt)?;
-    let model = model::load(
-        &files,
-        Parts::through_layer(point.layer),
-        args.model.dtype.dtype(),
-        &device,
-    )?;
+    let parts = Parts::through_layer(point.layer);
+    hub::fetch_weights(&client, &files, parts)?;
+    let model = model::load(&files, parts, args.model.dtype.dtype(), &device)?;
     let x = pipeline::capture(&model, &ids, point)?;
     let (tokens, width) = x.dims2()?;
     let array =

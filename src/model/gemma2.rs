@@ -27,16 +27,27 @@ pub struct Parts {
 impl Parts {
     /// Blocks 0..=layer and nothing after, streamed: enough to read any site of `layer` once.
     pub fn through_layer(layer: usize) -> Self {
-        Self { blocks: layer + 1, head: false, resident: false }
+        Self {
+            blocks: layer + 1,
+            head: false,
+            resident: false,
+        }
     }
 
     /// The whole model, to the soft-capped logits, resident.
     pub fn full(cfg: &Config) -> Self {
-        Self { blocks: cfg.num_hidden_layers, head: true, resident: true }
+        Self {
+            blocks: cfg.num_hidden_layers,
+            head: true,
+            resident: true,
+        }
     }
 
     pub fn resident(self) -> Self {
-        Self { resident: true, ..self }
+        Self {
+            resident: true,
+            ..self
+        }
     }
 }
 
@@ -366,18 +377,32 @@ const EMBED: &str = "model.embed_tokens.weight";
 
 impl Gemma2 {
     /// Prepares `parts` of the checkpoint in `weights`, converting to `dtype` on `device`.
-    pub fn new(cfg: &Config, parts: Parts, weights: Arc<MappedWeights>, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &Config,
+        parts: Parts,
+        weights: Arc<MappedWeights>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if parts.blocks > cfg.num_hidden_layers {
-            candle_core::bail!("asked for {} blocks of a {}-layer model", parts.blocks, cfg.num_hidden_layers);
+            candle_core::bail!(
+                "asked for {} blocks of a {}-layer model",
+                parts.blocks,
+                cfg.num_hidden_layers
+            );
         }
-        let backend: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(SharedWeights(weights.clone()));
+        let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
+            Box::new(SharedWeights(weights.clone()));
         let vb = VarBuilder::from_backend(backend, dtype, device.clone()).pp("model");
         // Check the embedding's shape up front, even when only rows of it will be read.
         let embed_shape = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = if parts.head {
             Some(vb.pp("embed_tokens").get(embed_shape, "weight")?)
         } else {
-            let _ = vb.pp("embed_tokens").get_with_hints(embed_shape, "weight", Default::default()).map(|_| ());
+            let _ = vb
+                .pp("embed_tokens")
+                .get_with_hints(embed_shape, "weight", Default::default())
+                .map(|_| ());
             None
         };
         let mut model = Self {
@@ -392,7 +417,9 @@ impl Gemma2 {
             device: device.clone(),
         };
         if parts.resident {
-            model.blocks = (0..parts.blocks).map(|i| model.build_block(i)).collect::<Result<Vec<_>>>()?;
+            model.blocks = (0..parts.blocks)
+                .map(|i| model.build_block(i))
+                .collect::<Result<Vec<_>>>()?;
         } else {
             // Fail now, not halfway through a run, if a needed tensor is missing.
             for i in 0..parts.blocks {
@@ -400,7 +427,11 @@ impl Gemma2 {
             }
         }
         if parts.head {
-            model.norm = Some(RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, model.vb.pp("norm"))?);
+            model.norm = Some(RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                model.vb.pp("norm"),
+            )?);
         }
         Ok(model)
     }
@@ -447,16 +478,23 @@ impl Gemma2 {
             Some(table) => table.index_select(&input_ids.flatten_all()?, 0)?,
             None => {
                 let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
-                self.weights.load_rows(EMBED, &ids, self.dtype, &self.device)?
+                self.weights
+                    .load_rows(EMBED, &ids, self.dtype, &self.device)?
             }
         };
-        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?.to_dtype(self.dtype)?;
-        rows.reshape((b, t, self.cfg.hidden_size))?.broadcast_mul(&normalizer)
+        let normalizer = Tensor::new((self.cfg.hidden_size as f64).sqrt(), &self.device)?
+            .to_dtype(self.dtype)?;
+        rows.reshape((b, t, self.cfg.hidden_size))?
+            .broadcast_mul(&normalizer)
     }
 
     fn check_range(&self, layers: &Range<usize>) -> Result<()> {
         if layers.end > self.n_blocks {
-            candle_core::bail!("layer {} is not loaded ({} blocks loaded)", layers.end - 1, self.n_blocks);
+            candle_core::bail!(
+                "layer {} is not loaded ({} blocks loaded)",
+                layers.end - 1,
+                self.n_blocks
+            );
         }
         Ok(())
     }
@@ -470,7 +508,13 @@ impl Gemma2 {
     }
 
     /// Runs blocks `layers` over the residual stream `xs`, letting `hook` see every site.
-    pub fn run_blocks(&self, xs: Tensor, layers: Range<usize>, ctx: &SequenceContext, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn run_blocks(
+        &self,
+        xs: Tensor,
+        layers: Range<usize>,
+        ctx: &SequenceContext,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         self.check_range(&layers)?;
         let mut xs = xs;
         for layer in layers {
@@ -491,7 +535,12 @@ impl Gemma2 {
     ) -> Result<Vec<Tensor>> {
         self.check_range(&layers)?;
         if xs.len() != ctxs.len() || xs.len() != hooks.len() {
-            candle_core::bail!("run_blocks_many: {} sequences, {} contexts, {} hooks", xs.len(), ctxs.len(), hooks.len());
+            candle_core::bail!(
+                "run_blocks_many: {} sequences, {} contexts, {} hooks",
+                xs.len(),
+                ctxs.len(),
+                hooks.len()
+            );
         }
         let mut xs = xs;
         for layer in layers {
@@ -507,7 +556,12 @@ impl Gemma2 {
     }
 
     /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
-    pub fn residual_after(&self, input_ids: &Tensor, layer: usize, hook: &mut dyn Hook) -> Result<Tensor> {
+    pub fn residual_after(
+        &self,
+        input_ids: &Tensor,
+        layer: usize,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
         let ctx = self.context(input_ids.dim(1)?)?;
         self.run_blocks(self.embed(input_ids)?, 0..layer + 1, &ctx, hook)
     }
@@ -525,7 +579,11 @@ impl Gemma2 {
     /// The full forward pass to soft-capped logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
         if self.n_blocks != self.cfg.num_hidden_layers {
-            candle_core::bail!("the full forward pass needs all {} blocks, {} are loaded", self.cfg.num_hidden_layers, self.n_blocks);
+            candle_core::bail!(
+                "the full forward pass needs all {} blocks, {} are loaded",
+                self.cfg.num_hidden_layers,
+                self.n_blocks
+            );
         }
         let ctx = self.context(input_ids.dim(1)?)?;
         let xs = self.run_blocks(self.embed(input_ids)?, 0..self.n_blocks, &ctx, hook)?;

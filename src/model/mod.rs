@@ -19,6 +19,12 @@ pub fn load(files: &ModelFiles, parts: Parts, dtype: DType, device: &Device) -> 
     let paths = files.weight_files(parts)?;
     let weights = weights::MappedWeights::open(&paths)
         .with_context(|| format!("cannot read the weights of {}", files.source))?;
-    Gemma2::new(&files.config, parts, std::sync::Arc::new(weights), dtype, device)
-        .with_context(|| format!("cannot load the weights of {}", files.source))
+    Gemma2::new(
+        &files.config,
+        parts,
+        std::sync::Arc::new(weights),
+        dtype,
+        device,
+    )
+    .with_context(|| format!("cannot load the weights of {}", files.source))
 }

@@ -48,10 +48,12 @@ impl MappedWeights {
         let mut shards = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
         for (index, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
             // Safety: mapped read-only; gemscope never writes to weight files. A file truncated
             // by another process while mapped would fault, as with any mmap-based loader.
-            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
             let tensors = safetensors::SafeTensors::deserialize(&mmap)
                 .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
             let base = mmap.as_ptr() as usize;
@@ -60,10 +62,22 @@ impl MappedWeights {
                     bail!("{}: tensor {name} has dtype {:?}; only F32, BF16 and F16 weights are supported", path.display(), view.dtype());
                 };
                 let start = view.data().as_ptr() as usize - base;
-                let entry = Entry { shard: index, dtype, shape: view.shape().to_vec(), start, end: start + view.data().len() };
-                ensure!(entries.insert(name.clone(), entry).is_none(), "tensor {name} appears in more than one weight file");
+                let entry = Entry {
+                    shard: index,
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    start,
+                    end: start + view.data().len(),
+                };
+                ensure!(
+                    entries.insert(name.clone(), entry).is_none(),
+                    "tensor {name} appears in more than one weight file"
+                );
             }
-            shards.push(Shard { path: path.clone(), mmap });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+            });
         }
         Ok(Self { shards, entries })
     }
@@ -74,8 +88,15 @@ impl MappedWeights {
 
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.entries.get(name).ok_or_else(|| {
-            let files: Vec<String> = self.shards.iter().map(|s| s.path.display().to_string()).collect();
-            candle_core::Error::Msg(format!("tensor {name} is missing from the weights ({})", files.join(", ")))
+            let files: Vec<String> = self
+                .shards
+                .iter()
+                .map(|s| s.path.display().to_string())
+                .collect();
+            candle_core::Error::Msg(format!(
+                "tensor {name} is missing from the weights ({})",
+                files.join(", ")
+            ))
         })
     }
 
@@ -83,7 +104,11 @@ impl MappedWeights {
     fn release(&self, shard: usize, start: usize, len: usize) {
         // Safety: the range lies in a read-only file mapping and nothing borrows it any more (the
         // bytes were copied); later reads simply fault the pages back in from the file.
-        let _ = unsafe { self.shards[shard].mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) };
+        let _ = unsafe {
+            self.shards[shard]
+                .mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+        };
     }
 
     /// Copies tensor `name` out of its shard, as `dtype` on `device`.
@@ -96,7 +121,13 @@ impl MappedWeights {
     }
 
     /// Rows `rows` of the 2-D tensor `name` (`[rows.len(), cols]`), reading only those rows.
-    pub fn load_rows(&self, name: &str, rows: &[u32], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn load_rows(
+        &self,
+        name: &str,
+        rows: &[u32],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let entry = self.entry(name)?;
         let [n_rows, cols] = entry.shape[..] else {
             candle_core::bail!("{name} is not a matrix: shape {:?}", entry.shape);
@@ -107,18 +138,25 @@ impl MappedWeights {
         for &row in rows {
             let row = row as usize;
             if row >= n_rows {
-                candle_core::bail!("token id {row} is outside the embedding matrix ({n_rows} rows)");
+                candle_core::bail!(
+                    "token id {row} is outside the embedding matrix ({n_rows} rows)"
+                );
             }
             let start = entry.start + row * row_bytes;
             gathered.extend_from_slice(&map[start..start + row_bytes]);
         }
-        let tensor = Tensor::from_raw_buffer(&gathered, entry.dtype, &[rows.len(), cols], &Device::Cpu)?;
+        let tensor =
+            Tensor::from_raw_buffer(&gathered, entry.dtype, &[rows.len(), cols], &Device::Cpu)?;
         tensor.to_dtype(dtype)?.to_device(device)
     }
 
     /// Bytes the tensors named by `filter` occupy in their files.
     pub fn stored_bytes(&self, filter: impl Fn(&str) -> bool) -> u64 {
-        self.entries.iter().filter(|(name, _)| filter(name)).map(|(_, e)| (e.end - e.start) as u64).sum()
+        self.entries
+            .iter()
+            .filter(|(name, _)| filter(name))
+            .map(|(_, e)| (e.end - e.start) as u64)
+            .sum()
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
@@ -131,10 +169,21 @@ impl MappedWeights {
 pub struct SharedWeights(pub Arc<MappedWeights>);
 
 impl candle_nn::var_builder::SimpleBackend for SharedWeights {
-    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let entry = self.0.entry(name)?;
         if entry.shape != shape.dims() {
-            candle_core::bail!("tensor {name} has shape {:?}, expected {:?}", entry.shape, shape.dims());
+            candle_core::bail!(
+                "tensor {name} has shape {:?}, expected {:?}",
+                entry.shape,
+                shape.dims()
+            );
         }
         self.0.load(name, dtype, dev)
     }
