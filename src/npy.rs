@@ -228,6 +228,61 @@ pub fn decode_i64(bytes: &[u8]) -> Result<Array<i64>> {
     })
 }
 
+/// A decoder for one element of a float dtype: `read(data, i)` is element `i` of `data` as f32.
+fn float_reader(dtype: NpyDtype) -> Result<fn(&[u8], usize) -> f32> {
+    Ok(match dtype {
+        NpyDtype::F32 => |d, i| f32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap()),
+        NpyDtype::F64 => |d, i| f64::from_le_bytes(d[8 * i..8 * i + 8].try_into().unwrap()) as f32,
+        NpyDtype::F16 => {
+            |d, i| half::f16::from_le_bytes(d[2 * i..2 * i + 2].try_into().unwrap()).to_f32()
+        }
+        NpyDtype::I64 | NpyDtype::I32 => bail!("integer array where float32 weights were expected"),
+    })
+}
+
+/// Decodes a 2-D float `.npy` array `[rows, cols]` straight into its transpose `[cols, rows]`
+/// (C order), in one allocation. `release(offset, len)` is told each byte range of `bytes` that
+/// has been consumed, so a caller reading from a memory map can hand those pages back.
+pub fn decode_f32_transposed(
+    bytes: &[u8],
+    release: &mut dyn FnMut(usize, usize),
+) -> Result<Array<f32>> {
+    let header = NpyHeader::parse(bytes)?;
+    let count = check_length(&header, bytes)?;
+    let [rows, cols] = header.shape[..] else {
+        bail!("expected a 2-D array, got shape {:?}", header.shape);
+    };
+    let read = float_reader(header.dtype)?;
+    let data = &bytes[header.data_offset..];
+    let mut out = Vec::with_capacity(count);
+    if header.fortran_order {
+        // Column-major [rows, cols] is already row-major [cols, rows].
+        out.extend((0..count).map(|i| read(data, i)));
+        release(header.data_offset, count * header.dtype.size());
+    } else {
+        const TILE: usize = 64;
+        let row_bytes = cols * header.dtype.size();
+        // Zeroed pages come from the kernel untouched until written, so this costs no extra pass.
+        out.resize(count, 0.0);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
+            for c0 in (0..cols).step_by(TILE) {
+                let c1 = (c0 + TILE).min(cols);
+                for r in r0..r1 {
+                    for c in c0..c1 {
+                        out[c * rows + r] = read(data, r * cols + c);
+                    }
+                }
+            }
+            release(header.data_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+        }
+    }
+    Ok(Array {
+        shape: vec![cols, rows],
+        data: out,
+    })
+}
+
 /// Reorders column-major values to row-major for any rank.
 fn fortran_to_c(shape: &[usize], values: Vec<f32>) -> Vec<f32> {
     if shape.len() < 2 {
@@ -375,9 +430,33 @@ impl NpzArchive {
         NpyHeader::parse(&bytes).with_context(|| format!("{}: array {name:?}", self.path.display()))
     }
 
+    /// Hands mapped pages of a stored member back to the kernel once their values are copied out.
+    fn release(&self, name: &str, offset: usize, len: usize) {
+        if let Some(member) = self.members.get(name).filter(|m| m.stored) {
+            // Safety: a read-only file mapping whose bytes were copied; re-reading faults them in.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    member.data_start as usize + offset,
+                    len,
+                )
+            };
+        }
+    }
+
     pub fn read_f32(&self, name: &str) -> Result<Array<f32>> {
         let bytes = self.member_bytes(name)?;
-        decode_f32(&bytes).with_context(|| format!("{}: array {name:?}", self.path.display()))
+        let array = decode_f32(&bytes)
+            .with_context(|| format!("{}: array {name:?}", self.path.display()))?;
+        self.release(name, 0, bytes.len());
+        Ok(array)
+    }
+
+    /// A 2-D array's transpose, decoded in one allocation (see [`decode_f32_transposed`]).
+    pub fn read_f32_transposed(&self, name: &str) -> Result<Array<f32>> {
+        let bytes = self.member_bytes(name)?;
+        decode_f32_transposed(&bytes, &mut |offset, len| self.release(name, offset, len))
+            .with_context(|| format!("{}: array {name:?}", self.path.display()))
     }
 
     pub fn read_i64(&self, name: &str) -> Result<Array<i64>> {
@@ -467,6 +546,38 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("big-endian"));
+    }
+
+    #[test]
+    fn transposed_decode_matches_decode_then_transpose_in_both_orders() {
+        let (rows, cols) = (70, 131);
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5).collect();
+        let c = npy(
+            "<f4",
+            false,
+            &format!("({rows}, {cols})"),
+            &f32_bytes(&values),
+        );
+        let mut released = 0;
+        let t = decode_f32_transposed(&c, &mut |_, len| released += len).unwrap();
+        assert_eq!(t.shape, vec![cols, rows]);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t.data[c * rows + r], values[r * cols + c]);
+            }
+        }
+        assert_eq!(released, rows * cols * 4, "every byte is released once");
+        // The same array stored column-major.
+        let fortran: Vec<f32> = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| (r * cols + c) as f32 * 0.5))
+            .collect();
+        let f = npy(
+            "<f4",
+            true,
+            &format!("({rows}, {cols})"),
+            &f32_bytes(&fortran),
+        );
+        assert_eq!(decode_f32_transposed(&f, &mut |_, _| {}).unwrap(), t);
     }
 
     #[test]

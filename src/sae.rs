@@ -3,6 +3,7 @@
 //! `pre = x @ W_enc + b_enc`; `f = relu(pre) * (pre > threshold)`; `x_hat = f @ W_dec + b_dec`.
 //! No input normalisation. The decoder is loaded only when a reconstruction is needed.
 
+use crate::model::weights::MappedWeights;
 use crate::npy::{Array, NpzArchive};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -36,7 +37,7 @@ pub struct JumpReluSae {
 /// A source of named f32 arrays: an npz archive or a safetensors file.
 enum ParamSource {
     Npz(NpzArchive),
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Safetensors(MappedWeights),
 }
 
 impl ParamSource {
@@ -44,14 +45,9 @@ impl ParamSource {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
             "npz" => Ok(Self::Npz(NpzArchive::open(path)?)),
-            "safetensors" => {
-                // Safety: read-only map of a file gemscope never writes.
-                let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                    .with_context(|| {
-                        format!("{} is not a valid safetensors file", path.display())
-                    })?;
-                Ok(Self::Safetensors(st))
-            }
+            "safetensors" => Ok(Self::Safetensors(MappedWeights::open(&[
+                path.to_path_buf()
+            ])?)),
             _ => bail!(
                 "{}: an SAE must be a .npz (Gemma Scope params.npz) or .safetensors file",
                 path.display()
@@ -60,16 +56,44 @@ impl ParamSource {
     }
 
     fn read(&self, name: &str) -> Result<Array<f32>> {
+        let t = match self {
+            Self::Npz(npz) => return npz.read_f32(name),
+            Self::Safetensors(st) => st
+                .load(name, DType::F32, &Device::Cpu)
+                .with_context(|| format!("SAE has no tensor {name:?}"))?,
+        };
+        Ok(Array {
+            shape: t.dims().to_vec(),
+            data: t.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+
+    /// A 2-D array's transpose `[cols, rows]`, built with as few copies as the format allows.
+    fn read_transposed(&self, name: &str) -> Result<Array<f32>> {
+        let t = match self {
+            Self::Npz(npz) => return npz.read_f32_transposed(name),
+            Self::Safetensors(st) => st
+                .load(name, DType::F32, &Device::Cpu)
+                .with_context(|| format!("SAE has no tensor {name:?}"))?,
+        };
+        ensure!(
+            t.rank() == 2,
+            "SAE array {name} has shape {:?}, expected a matrix",
+            t.dims()
+        );
+        let t = t.t()?.contiguous()?;
+        Ok(Array {
+            shape: t.dims().to_vec(),
+            data: t.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+
+    fn dims(&self, name: &str) -> Result<Vec<usize>> {
         match self {
-            Self::Npz(npz) => npz.read_f32(name),
-            Self::Safetensors(st) => {
-                let t = st
-                    .load(name, &Device::Cpu)
-                    .with_context(|| format!("SAE has no tensor {name:?}"))?;
-                let shape = t.dims().to_vec();
-                let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Array { shape, data })
-            }
+            Self::Npz(npz) => Ok(npz.header(name)?.shape),
+            Self::Safetensors(st) => st
+                .shape(name)
+                .with_context(|| format!("SAE has no tensor {name:?}")),
         }
     }
 }
@@ -93,32 +117,9 @@ fn check_finite(name: &str, array: &Array<f32>) -> Result<()> {
     Ok(())
 }
 
-/// Transposes a row-major `[rows, cols]` matrix, in cache-sized tiles.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; data.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = data[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
-
 /// `(d_in, d_sae)` from the shape of `W_enc`, reading headers only.
 pub fn read_dims(path: &Path) -> Result<(usize, usize)> {
-    let shape = match ParamSource::open(path)? {
-        ParamSource::Npz(npz) => npz.header("W_enc")?.shape,
-        ParamSource::Safetensors(st) => st
-            .get("W_enc")
-            .with_context(|| format!("{} has no tensor \"W_enc\"", path.display()))?
-            .shape()
-            .to_vec(),
-    };
+    let shape = ParamSource::open(path)?.dims("W_enc")?;
     match shape[..] {
         [d_in, d_sae] => Ok((d_in, d_sae)),
         _ => bail!(
@@ -142,21 +143,18 @@ impl JumpReluSae {
         parts: SaeParts,
         device: &Device,
     ) -> Result<Self> {
-        let w_enc = source.read("W_enc")?;
+        let dims = source.dims("W_enc")?;
+        let [w_rows, d_sae] = dims[..] else {
+            bail!("SAE array W_enc has shape {dims:?}, expected [d_in, d_sae]");
+        };
         ensure!(
-            w_enc.shape.len() == 2,
-            "SAE array W_enc has shape {:?}, expected [d_in, d_sae]",
-            w_enc.shape
+            w_rows == d_in,
+            "SAE array W_enc has shape {dims:?}: its input width {w_rows} does not match the hooked activation's width {d_in}"
         );
-        ensure!(
-            w_enc.shape[0] == d_in,
-            "SAE array W_enc has shape {:?}: its input width {} does not match the hooked activation's width {d_in}",
-            w_enc.shape,
-            w_enc.shape[0]
-        );
-        let d_sae = w_enc.shape[1];
         ensure!(d_sae > 0, "SAE has zero features");
-        check_finite("W_enc", &w_enc)?;
+        // Decoded straight into [d_sae, d_in]: one allocation for the largest array.
+        let w_enc_t = source.read_transposed("W_enc")?;
+        check_finite("W_enc", &w_enc_t)?;
         let b_enc = source.read("b_enc")?;
         check_shape("b_enc", &b_enc, &[d_sae], "one bias per feature")?;
         check_finite("b_enc", &b_enc)?;
@@ -169,8 +167,6 @@ impl JumpReluSae {
         )?;
         check_finite("threshold", &threshold)?;
 
-        let w_enc_t = transpose(&w_enc.data, d_in, d_sae);
-        drop(w_enc);
         let decoder = match parts {
             SaeParts::EncoderOnly => None,
             SaeParts::EncoderDecoder => {
@@ -187,7 +183,7 @@ impl JumpReluSae {
             }
         };
         Ok(Self {
-            w_enc_t: Tensor::from_vec(w_enc_t, (d_sae, d_in), device)?,
+            w_enc_t: Tensor::from_vec(w_enc_t.data, (d_sae, d_in), device)?,
             b_enc: Tensor::from_vec(b_enc.data, d_sae, device)?,
             threshold: Tensor::from_vec(threshold.data, d_sae, device)?,
             decoder,
@@ -238,27 +234,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transpose_matches_index_definition() {
-        let (r, c) = (37, 70);
-        let data: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
-        let t = transpose(&data, r, c);
-        for i in 0..r {
-            for j in 0..c {
-                assert_eq!(t[j * r + i], data[i * c + j]);
-            }
-        }
-    }
-
-    #[test]
     fn jumprelu_gates_at_threshold_and_zero() {
         let dev = Device::Cpu;
-        // d_in 2, d_sae 3: W_enc = identity-ish so pre = x @ W_enc + b_enc is easy to read.
-        let w_enc = Array {
-            shape: vec![2, 3],
-            data: vec![1., 0., 1., 0., 1., 1.],
-        };
+        // d_in 2, d_sae 3: W_enc = [[1, 0, 1], [0, 1, 1]], stored transposed as [d_sae, d_in].
+        let w_enc_t: Vec<f32> = vec![1., 0., 0., 1., 1., 1.];
         let sae = JumpReluSae {
-            w_enc_t: Tensor::from_vec(transpose(&w_enc.data, 2, 3), (3, 2), &dev).unwrap(),
+            w_enc_t: Tensor::from_vec(w_enc_t, (3, 2), &dev).unwrap(),
             b_enc: Tensor::new(&[0f32, 0., -10.], &dev).unwrap(),
             threshold: Tensor::new(&[0.5f32, 0.5, 0.0], &dev).unwrap(),
             decoder: None,

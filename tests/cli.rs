@@ -357,3 +357,24 @@ fn a_reader_that_stops_early_gets_a_quiet_exit_and_a_full_disk_an_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn encode_only_gives_the_same_features_without_reconstruction_statistics() {
+    let full = json_of(&features(&["--json", "The Golden Gate Bridge is"]));
+    let lean = json_of(&features(&[
+        "--json",
+        "--encode-only",
+        "The Golden Gate Bridge is",
+    ]));
+    assert_eq!(full["prompts"][0]["tokens"], lean["prompts"][0]["tokens"]);
+    assert_eq!(full["prompts"][0]["mean_l0"], lean["prompts"][0]["mean_l0"]);
+    assert!(full["prompts"][0]["variance_explained"].is_f64());
+    assert!(lean["prompts"][0]["variance_explained"].is_null());
+    assert!(lean["prompts"][0]["mse"].is_null());
+    let table = features(&["--encode-only", "hello"]);
+    assert!(
+        stdout(&table).contains("variance explained n/a"),
+        "{}",
+        stdout(&table)
+    );
+}

@@ -86,6 +86,10 @@ impl MappedWeights {
         self.entries.contains_key(name)
     }
 
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.entries.get(name).map(|e| e.shape.clone())
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.entries.get(name).ok_or_else(|| {
             let files: Vec<String> = self
