@@ -14,6 +14,7 @@ pub mod output;
 pub mod pipeline;
 pub mod report;
 pub mod sae;
+pub mod system;
 pub mod tokenizer;
 
 use std::process::ExitCode;
@@ -26,5 +27,51 @@ pub fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Features(args) => commands::features::run(args),
         cli::Command::Activations(args) => commands::activations::run(args),
         cli::Command::ListSaes(args) => commands::list_saes::run(args),
+    }
+}
+
+/// An error and its causes on one line, `outer: inner: root`, for `gemscope: ...` on stderr.
+/// candle's errors carry a captured backtrace in their message when `RUST_BACKTRACE` is set; it is
+/// left out, as are causes that only repeat the one before.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let message = match cause.downcast_ref::<candle_core::Error>() {
+            Some(e) => candle_message(e),
+            None => cause.to_string(),
+        };
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        if message.is_empty() || parts.last().is_some_and(|last| last.ends_with(&message)) {
+            continue;
+        }
+        parts.push(message);
+    }
+    parts.join(": ")
+}
+
+fn candle_message(err: &candle_core::Error) -> String {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_drops_backtraces_newlines_and_repeats() {
+        let candle = candle_core::Error::Msg("tensor x is missing".into()).bt();
+        let err = anyhow::Error::from(candle).context("cannot load the weights of m");
+        std::env::set_var("RUST_BACKTRACE", "1");
+        let line = error_line(&err);
+        assert_eq!(line, "cannot load the weights of m: tensor x is missing");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::from(io).context("cannot open a\nb");
+        assert!(!error_line(&err).contains('\n'));
     }
 }

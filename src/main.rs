@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("gemscope: {err:#}");
+            eprintln!("gemscope: {}", gemscope::error_line(&err));
             ExitCode::from(2)
         }
     }

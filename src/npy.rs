@@ -397,36 +397,53 @@ impl NpzArchive {
         self.members.contains_key(name)
     }
 
-    /// The member's `.npy` bytes: borrowed from the map when stored, inflated otherwise.
-    fn member_bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let member = self.members.get(name).with_context(|| {
+    fn member(&self, name: &str) -> Result<&Member> {
+        self.members.get(name).with_context(|| {
             let have: Vec<_> = self.names().collect();
             format!(
                 "{} has no array {name:?} (it has {})",
                 self.path.display(),
                 have.join(", ")
             )
-        })?;
+        })
+    }
+
+    /// The first `limit` bytes of a member's `.npy` data (all of it when `limit` is `None`):
+    /// borrowed from the map when stored, inflated otherwise. A compressed member is inflated only
+    /// if its declared size fits in memory: a zip bomb is refused before anything is allocated.
+    fn member_bytes_up_to(&self, name: &str, limit: Option<u64>) -> Result<Cow<'_, [u8]>> {
+        let member = self.member(name)?;
+        let wanted = limit.map_or(member.size, |l| l.min(member.size));
         if member.stored {
             let start = member.data_start as usize;
-            return Ok(Cow::Borrowed(
-                &self.mmap[start..start + member.size as usize],
-            ));
+            return Ok(Cow::Borrowed(&self.mmap[start..start + wanted as usize]));
+        }
+        if let Some(available) = crate::system::available_memory() {
+            ensure!(
+                wanted <= available,
+                "{}: array {name:?} declares {wanted} bytes uncompressed, more than the {available} bytes of memory available; refusing to inflate it",
+                self.path.display()
+            );
         }
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&self.mmap[..]))?;
         let mut entry = zip.by_index(member.zip_index)?;
-        let mut out = Vec::with_capacity(member.size as usize);
+        let mut out = Vec::with_capacity(wanted as usize);
         entry
             .by_ref()
-            .take(member.size)
+            .take(wanted)
             .read_to_end(&mut out)
             .with_context(|| format!("{}: cannot inflate {name:?}", self.path.display()))?;
         Ok(Cow::Owned(out))
     }
 
+    fn member_bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        self.member_bytes_up_to(name, None)
+    }
+
     /// The header of one member, without decoding its data.
     pub fn header(&self, name: &str) -> Result<NpyHeader> {
-        let bytes = self.member_bytes(name)?;
+        // Headers are padded to a few hundred bytes; 64 KiB covers any numpy writes.
+        let bytes = self.member_bytes_up_to(name, Some(64 << 10))?;
         NpyHeader::parse(&bytes).with_context(|| format!("{}: array {name:?}", self.path.display()))
     }
 

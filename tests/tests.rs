@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod faults;
 mod hub;
 mod hub_server;
 mod parity;

@@ -10,8 +10,10 @@ use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
 use crate::report::{FeaturesReport, HookInfo, ModelInfo, PromptLine, SCHEMA_VERSION};
 use crate::sae::{self, JumpReluSae, SaeParts};
+use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
 use anyhow::{ensure, Context, Result};
+use candle_core::DType;
 use clap::Args;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -40,6 +42,40 @@ pub struct FeaturesArgs {
 /// Prompts that pass through the blocks together: each streamed block is read once per group,
 /// and a group's activations are all that is held at once.
 const PROMPT_GROUP: usize = 32;
+
+/// The large allocations of a `features` run: the SAE, one streamed block, and a prompt group's
+/// activations, attention scores and feature activations.
+fn memory_plan(
+    cfg: &model::Config,
+    dtype: DType,
+    d_in: usize,
+    d_sae: usize,
+    encode_only: bool,
+    longest: usize,
+    group: usize,
+) -> MemoryPlan {
+    let f32_bytes = 4u64;
+    let (d_in, d_sae, t) = (d_in as u64, d_sae as u64, longest as u64);
+    let mut plan = MemoryPlan::default();
+    plan.add("SAE encoder", (d_in * d_sae + 2 * d_sae) * f32_bytes);
+    let decoder = (d_sae * d_in + d_in) * f32_bytes;
+    if !encode_only {
+        plan.add("SAE decoder", decoder);
+        plan.saving("--encode-only", decoder);
+    }
+    let block = cfg.block_parameters() * dtype.size_in_bytes() as u64;
+    plan.add(format!("one block in {}", dtype_name(dtype)), block);
+    if dtype == DType::F32 {
+        plan.saving("--dtype bf16", block / 2);
+    }
+    let width = cfg.hidden_size.max(cfg.intermediate_size) as u64;
+    let scores = 2 * cfg.num_attention_heads as u64 * t * t * f32_bytes;
+    plan.add(
+        "activations",
+        group as u64 * t * width * f32_bytes * 4 + scores + 2 * t * d_sae * f32_bytes,
+    );
+    plan
+}
 
 pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
     let prompts = args.prompts.collect()?;
@@ -83,6 +119,11 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
         "--top-k {} is larger than the SAE's {d_sae} features",
         args.top_k
     );
+
+    // Before any large download or allocation: will it fit?
+    let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+    let group = encoded.len().min(PROMPT_GROUP);
+    memory_plan(cfg, dtype, d_in, d_sae, args.encode_only, longest, group).check_available()?;
 
     let parts = Parts::through_layer(point.layer);
     hub::fetch_weights(&client, &files, parts)?;

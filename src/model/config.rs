@@ -105,7 +105,15 @@ impl Config {
                 "model_type is {model_type:?}, but gemscope runs Gemma 2 (\"gemma2\") only"
             );
         }
-        let raw: RawConfig = serde_json::from_value(value).context("config.json lacks a field")?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            if field == "." {
+                anyhow::anyhow!("{inner}")
+            } else {
+                anyhow::anyhow!("field {field}: {inner}")
+            }
+        })?;
         Self::from_raw(raw)
     }
 
@@ -251,6 +259,14 @@ impl Config {
     /// Width of the `att` site: the heads' outputs concatenated, the input of `o_proj`.
     pub fn attention_width(&self) -> usize {
         self.num_attention_heads * self.head_dim
+    }
+
+    /// Number of weights in one decoder block.
+    pub fn block_parameters(&self) -> u64 {
+        let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let q = self.attention_width() as u64;
+        let kv = (self.num_key_value_heads * self.head_dim) as u64;
+        2 * h * q + 2 * h * kv + 3 * h * i + 4 * h
     }
 }
 

@@ -394,16 +394,21 @@ impl Gemma2 {
         let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
             Box::new(SharedWeights(weights.clone()));
         let vb = VarBuilder::from_backend(backend, dtype, device.clone()).pp("model");
-        // Check the embedding's shape up front, even when only rows of it will be read.
+        // The embedding is loaded whole only for the tied LM head; otherwise only its shape is
+        // checked here, from the header, and the rows a prompt needs are read when it runs.
         let embed_shape = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = if parts.head {
             Some(vb.pp("embed_tokens").get(embed_shape, "weight")?)
         } else {
-            let _ = vb
-                .pp("embed_tokens")
-                .get_with_hints(embed_shape, "weight", Default::default())
-                .map(|_| ());
-            None
+            match weights.shape(EMBED) {
+                Some(shape) if shape == [cfg.vocab_size, cfg.hidden_size] => None,
+                Some(shape) => candle_core::bail!(
+                    "tensor {EMBED} has shape {shape:?}, expected [{}, {}]",
+                    cfg.vocab_size,
+                    cfg.hidden_size
+                ),
+                None => candle_core::bail!("tensor {EMBED} is missing from the weights"),
+            }
         };
         let mut model = Self {
             weights,
@@ -441,10 +446,14 @@ impl Gemma2 {
     }
 
     fn check_block_tensors(&self, layer: usize) -> Result<()> {
-        for suffix in BLOCK_TENSORS {
+        for (suffix, expected) in block_tensor_shapes(&self.cfg) {
             let name = format!("model.layers.{layer}.{suffix}");
-            if !self.weights.contains(&name) {
-                candle_core::bail!("tensor {name} is missing from the weights");
+            match self.weights.shape(&name) {
+                Some(shape) if shape == expected => {}
+                Some(shape) => {
+                    candle_core::bail!("tensor {name} has shape {shape:?}, expected {expected:?}")
+                }
+                None => candle_core::bail!("tensor {name} is missing from the weights"),
             }
         }
         Ok(())
@@ -591,17 +600,24 @@ impl Gemma2 {
     }
 }
 
-/// The tensors every decoder block reads (its prefix is `model.layers.{i}.`), biases aside.
-const BLOCK_TENSORS: [&str; 11] = [
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-    "input_layernorm.weight",
-    "post_attention_layernorm.weight",
-    "pre_feedforward_layernorm.weight",
-    "post_feedforward_layernorm.weight",
-];
+/// The tensors every decoder block reads (after its prefix `model.layers.{i}.`) and their shapes.
+fn block_tensor_shapes(cfg: &Config) -> [(&'static str, Vec<usize>); 11] {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    [
+        ("self_attn.q_proj.weight", vec![q, h]),
+        ("self_attn.k_proj.weight", vec![kv, h]),
+        ("self_attn.v_proj.weight", vec![kv, h]),
+        ("self_attn.o_proj.weight", vec![h, q]),
+        ("mlp.gate_proj.weight", vec![i, h]),
+        ("mlp.up_proj.weight", vec![i, h]),
+        ("mlp.down_proj.weight", vec![h, i]),
+        ("input_layernorm.weight", vec![h]),
+        ("post_attention_layernorm.weight", vec![h]),
+        ("pre_feedforward_layernorm.weight", vec![h]),
+        ("post_feedforward_layernorm.weight", vec![h]),
+    ]
+}

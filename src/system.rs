@@ -1,0 +1,127 @@
+//! What the machine has (available memory) and the memory plan a job is checked against before loading.
+
+use anyhow::{bail, Result};
+
+/// Bytes of memory available to new allocations (`MemAvailable`), where the OS reports it.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_available(&meminfo)
+}
+
+fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The large allocations a job will make, with what could shrink each.
+#[derive(Debug, Default)]
+pub struct MemoryPlan {
+    items: Vec<(String, u64)>,
+    /// Ways to need less, each with the bytes it saves.
+    savings: Vec<(String, u64)>,
+}
+
+impl MemoryPlan {
+    pub fn add(&mut self, what: impl Into<String>, bytes: u64) {
+        self.items.push((what.into(), bytes));
+    }
+
+    pub fn saving(&mut self, option: impl Into<String>, bytes: u64) {
+        if bytes > 0 {
+            self.savings.push((option.into(), bytes));
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.items.iter().map(|(_, b)| b).sum()
+    }
+
+    /// [`MemoryPlan::check`] against what the machine has now (no check where the OS does not say).
+    pub fn check_available(&self) -> Result<()> {
+        match available_memory() {
+            Some(available) => self.check(available),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails, before anything large is allocated, when the plan exceeds `available` bytes; the
+    /// message lists what takes the memory and which options would make the job fit.
+    pub fn check(&self, available: u64) -> Result<()> {
+        let total = self.total();
+        if total <= available {
+            return Ok(());
+        }
+        let parts: Vec<String> = self
+            .items
+            .iter()
+            .map(|(what, b)| format!("{what} {}", gib(*b)))
+            .collect();
+        let fits: Vec<String> = self
+            .savings
+            .iter()
+            .filter(|(_, saved)| total - saved <= available)
+            .map(|(option, saved)| format!("{option} (saves {})", gib(*saved)))
+            .collect();
+        let advice = if fits.is_empty() {
+            let all: Vec<&str> = self.savings.iter().map(|(o, _)| o.as_str()).collect();
+            if all.is_empty() {
+                "a machine with more memory is needed".to_string()
+            } else {
+                format!(
+                    "even {} would not be enough; a machine with more memory is needed",
+                    all.join(" and ")
+                )
+            }
+        } else {
+            format!("try {}", fits.join(", or "))
+        };
+        bail!(
+            "this job needs about {} ({}), but only {} of memory is available: {advice}",
+            gib(total),
+            parts.join(", "),
+            gib(available)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mem_available() {
+        let meminfo =
+            "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(parse_meminfo_available(meminfo), Some(20_000_000 * 1024));
+        assert_eq!(parse_meminfo_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn a_plan_that_does_not_fit_names_the_options_that_would() {
+        let gb = 1u64 << 30;
+        let mut plan = MemoryPlan::default();
+        plan.add("SAE encoder", 9 * gb);
+        plan.add("SAE decoder", 9 * gb);
+        plan.add("one block", gb);
+        plan.saving("--encode-only", 9 * gb);
+        plan.saving("--dtype bf16", gb / 2);
+        assert!(plan.check(20 * gb).is_ok());
+        let err = plan.check(12 * gb).unwrap_err().to_string();
+        assert!(err.contains("needs about 19.0 GiB"), "{err}");
+        assert!(err.contains("try --encode-only"), "{err}");
+        assert!(
+            !err.contains("--dtype bf16"),
+            "bf16 alone would not fit: {err}"
+        );
+        let err = plan.check(2 * gb).unwrap_err().to_string();
+        assert!(
+            err.contains("even --encode-only and --dtype bf16 would not be enough"),
+            "{err}"
+        );
+    }
+}
