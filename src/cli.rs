@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Per-token SAE features, L0, variance explained and MSE for one or more prompts.
     Features(crate::commands::features::FeaturesArgs),
+    /// Reconstruction quality over prompts (L0, variance explained, spliced CE loss, KL) with gates for CI.
+    Eval(crate::commands::eval::EvalArgs),
     /// Write the hooked activations of one prompt to a float32 .npy file [tokens, width].
     Activations(crate::commands::activations::ActivationsArgs),
     /// List the Gemma Scope SAEs a release holds (layers, widths, L0s, canonical).
@@ -107,7 +109,8 @@ pub struct PromptArgs {
     /// Prompts to run (BOS is prepended to each).
     #[arg(value_name = "PROMPT")]
     pub prompts: Vec<String>,
-    /// Read prompts from a file, one per line; `-` reads standard input. Blank lines are skipped.
+    /// Read prompts from a file, one per line, or JSONL with a "text" field; `-` reads standard
+    /// input. Blank lines are skipped.
     #[arg(long, value_name = "FILE")]
     pub prompts_file: Option<PathBuf>,
 }
@@ -146,7 +149,9 @@ impl PromptArgs {
     }
 }
 
-/// Splits a prompts file into its non-blank lines (`\n` or `\r\n` endings).
+/// The prompts of a prompts file: one per non-blank line (`\n` or `\r\n` endings), or, when the
+/// first non-blank line is a JSON object with a string `text`, one JSON object per line (JSONL,
+/// as datasets are exported) whose `text` is the prompt.
 pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()]
@@ -156,12 +161,31 @@ pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
             + 1;
         anyhow::anyhow!("invalid UTF-8 on line {line} (byte {})", e.valid_up_to())
     })?;
-    Ok(text
+    let lines: Vec<(usize, &str)> = text
         .lines()
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect())
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let is_jsonl = lines
+        .first()
+        .is_some_and(|(_, first)| json_text(first).is_some());
+    if !is_jsonl {
+        return Ok(lines.into_iter().map(|(_, l)| l.to_string()).collect());
+    }
+    lines
+        .into_iter()
+        .map(|(i, line)| {
+            json_text(line).with_context(|| {
+                format!("line {} is not a JSON object with a string \"text\"", i + 1)
+            })
+        })
+        .collect()
+}
+
+fn json_text(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value.get("text")?.as_str().map(str::to_string)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,6 +270,16 @@ mod tests {
     fn prompt_lines_skip_blanks_and_strip_crlf() {
         let lines = parse_prompt_lines(b"one\r\n\n  \ntwo\n").unwrap();
         assert_eq!(lines, vec!["one", "two"]);
+        let jsonl =
+            parse_prompt_lines(b"{\"text\": \"a b\", \"id\": 1}\n\n{\"text\": \"c\\nd\"}\n")
+                .unwrap();
+        assert_eq!(jsonl, vec!["a b", "c\nd"]);
+        let err = parse_prompt_lines(b"{\"text\": \"a\"}\nplain\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        // A text prompt that merely looks like code stays text.
+        assert_eq!(parse_prompt_lines(b"{ x: 1 }\n").unwrap(), vec!["{ x: 1 }"]);
         let err = parse_prompt_lines(b"ok\n\xff\xfe").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
     }

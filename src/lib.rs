@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod eval;
 pub mod hub;
 pub mod metrics;
 pub mod model;
@@ -25,6 +26,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Features(args) => commands::features::run(args),
+        cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Activations(args) => commands::activations::run(args),
         cli::Command::ListSaes(args) => commands::list_saes::run(args),
     }

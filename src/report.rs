@@ -166,3 +166,55 @@ pub struct PromptLine<'a> {
     #[serde(flatten)]
     pub prompt: &'a PromptReport,
 }
+
+/// One pass/fail check of `gemscope eval`: a threshold gate or a baseline comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateResult {
+    /// The flag's name (`max_delta_loss`) or `baseline_{metric}`.
+    pub name: String,
+    /// The metric it checks.
+    pub metric: &'static str,
+    /// `<=` or `>=`: how `value` must compare with `threshold`.
+    pub op: &'static str,
+    pub threshold: f64,
+    pub value: f64,
+    pub passed: bool,
+}
+
+/// A metric side by side with a saved report's.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineRow {
+    pub metric: &'static str,
+    pub baseline: f64,
+    pub current: f64,
+    /// `(current - baseline) / |baseline|`.
+    pub relative_change: f64,
+    /// `higher` or `lower`: which way is better.
+    pub better: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineComparison {
+    pub file: String,
+    /// The relative worsening each metric may show before its gate fails.
+    pub tolerance: f64,
+    pub metrics: Vec<BaselineRow>,
+}
+
+/// The whole output of `gemscope eval`, and what `--save` writes and `--baseline` reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub schema_version: u32,
+    pub gemscope_version: &'static str,
+    pub model: ModelInfo,
+    pub sae: SaeInfo,
+    pub hook: HookInfo,
+    pub prompts: usize,
+    pub batch_size: usize,
+    pub max_tokens: Option<usize>,
+    pub metrics: crate::eval::EvalMetrics,
+    pub gates: Vec<GateResult>,
+    pub baseline: Option<BaselineComparison>,
+    /// True when every gate passed: the exit status is 0 exactly then.
+    pub passed: bool,
+}

@@ -43,6 +43,9 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, v.to_string()).unwrap();
 }
 
+/// A change to config.json.
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn broken_configs() {
     let dir = tiny_copy();
@@ -58,7 +61,7 @@ fn broken_configs() {
         "config.json is not valid JSON",
     );
 
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(ConfigEdit, &str)> = vec![
         (
             Box::new(|v| v["model_type"] = "llama".into()),
             "model_type is \"llama\"",

@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod eval;
 mod faults;
 mod hub;
 mod hub_server;

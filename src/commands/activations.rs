@@ -4,12 +4,13 @@ use super::{check_layer, open_model};
 use crate::cli::{select_device, HookArgs, ModelArgs};
 use crate::hub;
 use crate::model::{self, HookPoint, Parts};
+use crate::output;
 use crate::pipeline;
 use crate::tokenizer::PromptTokenizer;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use clap::Args;
 use ndarray_npy::WriteNpyExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -24,31 +25,6 @@ pub struct ActivationsArgs {
     /// The prompt (BOS is prepended).
     #[arg(value_name = "PROMPT")]
     pub prompt: String,
-}
-
-/// Writes `array` to `path` through a temporary file in the same directory, so a failure never
-/// leaves a partial file that looks complete.
-fn write_npy_atomically(path: &Path, array: &ndarray::Array2<f32>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    {
-        let mut writer = std::io::BufWriter::new(tmp.as_file_mut());
-        array
-            .write_npy(&mut writer)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        std::io::Write::flush(&mut writer)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
@@ -70,7 +46,9 @@ pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
     let (tokens, width) = x.dims2()?;
     let array =
         ndarray::Array2::from_shape_vec((tokens, width), x.flatten_all()?.to_vec1::<f32>()?)?;
-    write_npy_atomically(&args.out, &array)?;
+    output::write_file_atomically(&args.out, |w| {
+        array.write_npy(w).map_err(std::io::Error::other)
+    })?;
     eprintln!(
         "gemscope: wrote layer {} {} activations [{tokens}, {width}] to {}",
         point.layer,

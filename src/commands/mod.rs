@@ -1,6 +1,7 @@
 //! One module per subcommand, each wiring flags to the library pieces and writing the result.
 
 pub mod activations;
+pub mod eval;
 pub mod features;
 pub mod list_saes;
 

@@ -99,25 +99,39 @@ fn rotary_tables(
     Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
 }
 
-/// An additive causal mask `[seq, seq]` in f32: 0 where query `i` may attend to key `j`, -inf
-/// elsewhere. A sliding-window layer also hides keys `window` or more positions back.
-fn causal_mask(seq_len: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq_len)
-        .flat_map(|i| {
-            (0..seq_len).map(move |j| {
-                let visible = j <= i && window.is_none_or(|w| i - j < w);
+/// An additive causal mask in f32, `[b, 1, seq, seq]`: 0 where query `i` of sequence `b` may
+/// attend to key `j`, -inf elsewhere. A sliding-window layer also hides keys `window` or more
+/// positions back, and keys at or past a sequence's length (right padding) are hidden from its
+/// real tokens.
+fn causal_mask(
+    seq_len: usize,
+    lengths: &[usize],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut mask = Vec::with_capacity(lengths.len() * seq_len * seq_len);
+    for &len in lengths {
+        for i in 0..seq_len {
+            mask.extend((0..seq_len).map(|j| {
+                let visible = if i < len {
+                    j <= i && window.is_none_or(|w| i - j < w)
+                } else {
+                    // A padding query sees only itself: a row with every key masked would
+                    // softmax to NaN, and 0 * NaN in `probs @ V` would reach the real rows.
+                    j == i
+                };
                 if visible {
                     0.0
                 } else {
                     f32::NEG_INFINITY
                 }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (seq_len, seq_len), device)
+            }));
+        }
+    }
+    Tensor::from_vec(mask, (lengths.len(), 1, seq_len, seq_len), device)
 }
 
-/// What every block needs to know about the sequence: rotary tables and both attention masks.
+/// What every block needs to know about the sequences: rotary tables and both attention masks.
 #[derive(Debug, Clone)]
 pub struct SequenceContext {
     cos: Tensor,
@@ -127,13 +141,22 @@ pub struct SequenceContext {
 }
 
 impl SequenceContext {
+    /// One unpadded sequence of `seq_len` tokens.
     pub fn new(cfg: &Config, seq_len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Self::padded(cfg, &[seq_len], dtype, device)
+    }
+
+    /// A batch of sequences right-padded to the longest: sequence `b` has `lengths[b]` real
+    /// tokens, and no query attends to a padding key. Real positions compute exactly what they
+    /// would unpadded.
+    pub fn padded(cfg: &Config, lengths: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        let seq_len = lengths.iter().copied().max().unwrap_or(0);
         let (cos, sin) = rotary_tables(cfg, seq_len, dtype, device)?;
         Ok(Self {
             cos,
             sin,
-            global_mask: causal_mask(seq_len, None, device)?,
-            sliding_mask: causal_mask(seq_len, Some(cfg.sliding_window), device)?,
+            global_mask: causal_mask(seq_len, lengths, None, device)?,
+            sliding_mask: causal_mask(seq_len, lengths, Some(cfg.sliding_window), device)?,
         })
     }
 

@@ -1,0 +1,375 @@
+//! `gemscope eval`: reconstruction quality over a prompt set, with gates a CI job can fail on.
+//!
+//! Exit status: 0 when every gate holds, 1 when one fails (each named on stderr), 2 on errors.
+
+use super::{check_layer, check_sae_width, open_model, resolve_sae, sae_info};
+use crate::cli::{
+    device_name, dtype_name, select_device, ColorArg, HookArgs, ModelArgs, PromptArgs, SaeArgs,
+};
+use crate::eval::{self, EvalMetrics, EvalSums};
+use crate::hub;
+use crate::model::{self, HookPoint, Parts};
+use crate::output::{self, Style};
+use crate::report::{
+    BaselineComparison, BaselineRow, EvalReport, GateResult, HookInfo, ModelInfo, SCHEMA_VERSION,
+};
+use crate::sae::{self, JumpReluSae, SaeParts};
+use crate::system::MemoryPlan;
+use crate::tokenizer::PromptTokenizer;
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    /// Truncate each prompt to N tokens (BOS included).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Use only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Prompts run together, right-padded; the result does not depend on it.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    /// Fail when ce_loss_spliced - ce_loss_clean exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_delta_loss: Option<f64>,
+    /// Fail when variance explained is below X.
+    #[arg(long, value_name = "X")]
+    pub min_variance_explained: Option<f64>,
+    /// Fail when the mean L0 exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_mean_l0: Option<f64>,
+    /// Fail when the mean L0 is below X.
+    #[arg(long, value_name = "X")]
+    pub min_mean_l0: Option<f64>,
+    /// Fail when the CE loss score is below X.
+    #[arg(long, value_name = "X")]
+    pub min_ce_loss_score: Option<f64>,
+    /// Fail when KL(clean || spliced) exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_kl_div: Option<f64>,
+    /// Compare with a report saved by --save: fail when a metric is worse by more than --tolerance.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Relative worsening allowed against --baseline (0.05 = 5%).
+    #[arg(long, value_name = "T", default_value_t = 0.05, requires = "baseline")]
+    pub tolerance: f64,
+    /// Also write the JSON report to FILE (for a later --baseline).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the table; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+/// Metrics a baseline comparison checks, and which way is better. `mean_l0` and the clean loss
+/// describe the SAE and the model rather than a quality, so they are shown but not gated.
+const BASELINE_METRICS: [(&str, bool); 8] = [
+    ("variance_explained", true),
+    ("cosine_similarity", true),
+    ("ce_loss_score", true),
+    ("mse", false),
+    ("delta_loss", false),
+    ("kl_div", false),
+    ("ce_loss_spliced", false),
+    ("dead_fraction", false),
+];
+
+fn metric(m: &EvalMetrics, name: &str) -> f64 {
+    match name {
+        "mean_l0" => m.mean_l0,
+        "variance_explained" => m.variance_explained,
+        "mse" => m.mse,
+        "cosine_similarity" => m.cosine_similarity,
+        "dead_fraction" => m.dead_fraction,
+        "ce_loss_clean" => m.ce_loss_clean,
+        "ce_loss_spliced" => m.ce_loss_spliced,
+        "ce_loss_zero_ablation" => m.ce_loss_zero_ablation,
+        "delta_loss" => m.delta_loss,
+        "ce_loss_score" => m.ce_loss_score,
+        "kl_div" => m.kl_div,
+        other => unreachable!("no metric {other}"),
+    }
+}
+
+fn gate(
+    name: &str,
+    metric_name: &'static str,
+    at_most: bool,
+    threshold: f64,
+    value: f64,
+) -> GateResult {
+    // NaN never passes a gate.
+    let passed = if at_most {
+        value <= threshold
+    } else {
+        value >= threshold
+    };
+    GateResult {
+        name: name.to_string(),
+        metric: metric_name,
+        op: if at_most { "<=" } else { ">=" },
+        threshold,
+        value,
+        passed,
+    }
+}
+
+/// The threshold gates given on the command line.
+fn threshold_gates(args: &EvalArgs, m: &EvalMetrics) -> Vec<GateResult> {
+    let flags: [(&str, &'static str, bool, Option<f64>); 6] = [
+        ("max_delta_loss", "delta_loss", true, args.max_delta_loss),
+        (
+            "min_variance_explained",
+            "variance_explained",
+            false,
+            args.min_variance_explained,
+        ),
+        ("max_mean_l0", "mean_l0", true, args.max_mean_l0),
+        ("min_mean_l0", "mean_l0", false, args.min_mean_l0),
+        (
+            "min_ce_loss_score",
+            "ce_loss_score",
+            false,
+            args.min_ce_loss_score,
+        ),
+        ("max_kl_div", "kl_div", true, args.max_kl_div),
+    ];
+    flags
+        .into_iter()
+        .filter_map(|(name, metric_name, at_most, threshold)| {
+            threshold.map(|t| gate(name, metric_name, at_most, t, metric(m, metric_name)))
+        })
+        .collect()
+}
+
+/// Reads a saved report and gates every quality metric on not being worse by more than `tolerance`.
+fn compare_with_baseline(
+    path: &PathBuf,
+    tolerance: f64,
+    m: &EvalMetrics,
+) -> Result<(BaselineComparison, Vec<GateResult>)> {
+    ensure!(tolerance >= 0.0, "--tolerance must be >= 0");
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read baseline {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("baseline {} is not JSON", path.display()))?;
+    let saved: EvalMetrics = serde_json::from_value(
+        value.get("metrics").cloned().unwrap_or_default(),
+    )
+    .with_context(|| {
+        format!(
+            "baseline {} is not a report saved by `gemscope eval --save`",
+            path.display()
+        )
+    })?;
+    let mut rows = Vec::new();
+    let mut gates = Vec::new();
+    for (name, higher_is_better) in [("mean_l0", true), ("ce_loss_clean", false)]
+        .into_iter()
+        .chain(BASELINE_METRICS)
+    {
+        let (baseline, current) = (metric(&saved, name), metric(m, name));
+        let scale = baseline.abs().max(1e-12);
+        rows.push(BaselineRow {
+            metric: name,
+            baseline,
+            current,
+            relative_change: (current - baseline) / scale,
+            better: if higher_is_better { "higher" } else { "lower" },
+        });
+        if BASELINE_METRICS.iter().any(|(n, _)| *n == name) {
+            // Worse by more than `tolerance` relative to the baseline's magnitude.
+            let limit = if higher_is_better {
+                baseline - tolerance * scale
+            } else {
+                baseline + tolerance * scale
+            };
+            gates.push(gate(
+                &format!("baseline_{name}"),
+                name,
+                !higher_is_better,
+                limit,
+                current,
+            ));
+        }
+    }
+    let comparison = BaselineComparison {
+        file: path.display().to_string(),
+        tolerance,
+        metrics: rows,
+    };
+    Ok((comparison, gates))
+}
+
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    let mut prompts = args.prompts.collect()?;
+    if let Some(limit) = args.limit {
+        ensure!(limit >= 1, "--limit must be at least 1");
+        prompts.truncate(limit);
+    }
+    ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    if let Some(max) = args.max_tokens {
+        ensure!(
+            max >= 2,
+            "--max-tokens must be at least 2 (BOS and one token)"
+        );
+    }
+    let device = select_device(args.model.device)?;
+    let dtype = args.model.dtype.dtype();
+    let (client, files) = open_model(&args.model)?;
+    let cfg = &files.config;
+    check_layer(args.hook.layer, cfg)?;
+    let point = HookPoint {
+        layer: args.hook.layer,
+        site: args.hook.site,
+    };
+
+    let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
+    let mut encoded = Vec::with_capacity(prompts.len());
+    for (i, text) in prompts.iter().enumerate() {
+        let mut ids = tokenizer
+            .encode(text)
+            .with_context(|| format!("prompt {}", i + 1))?;
+        if let Some(max) = args.max_tokens {
+            ids.truncate(max);
+        }
+        let limit = cfg.max_position_embeddings;
+        ensure!(
+            ids.len() <= limit,
+            "prompt {} has {} tokens, more than the model's context of {limit} (use --max-tokens)",
+            i + 1,
+            ids.len()
+        );
+        ensure!(ids.len() >= 2, "prompt {} has no token after BOS", i + 1);
+        encoded.push(ids);
+    }
+
+    let resolved = resolve_sae(&client, &args.sae, &files, point)?;
+    let (d_in, d_sae) = sae::read_dims(&resolved.path)?;
+    check_sae_width(d_in, point.site, cfg)?;
+
+    let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as u64;
+    let batch = args.batch_size.min(encoded.len()) as u64;
+    let mut plan = MemoryPlan::default();
+    let bytes = dtype.size_in_bytes() as u64;
+    let blocks = cfg.block_parameters() * cfg.num_hidden_layers as u64 * bytes;
+    plan.add(
+        format!("the whole model in {}", dtype_name(dtype)),
+        blocks + (cfg.vocab_size * cfg.hidden_size) as u64 * bytes,
+    );
+    plan.add("SAE", 2 * (d_in * d_sae) as u64 * 4);
+    plan.add("logits", 3 * batch * longest * cfg.vocab_size as u64 * 4);
+    plan.saving(
+        "a smaller --batch-size",
+        3 * (batch - 1) * longest * cfg.vocab_size as u64 * 4,
+    );
+    if dtype == candle_core::DType::F32 {
+        plan.saving("--dtype bf16", blocks / 2);
+    }
+    plan.check_available()?;
+
+    let parts = Parts::full(cfg);
+    hub::fetch_weights(&client, &files, parts)?;
+    let sae = JumpReluSae::load(&resolved.path, d_in, SaeParts::EncoderDecoder, &device)?;
+    let model = model::load(&files, parts, dtype, &device)?;
+
+    // Longest first, so each batch pads little; the pooled result does not depend on the order.
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
+    let total_tokens: u64 = encoded.iter().map(|ids| ids.len() as u64).sum();
+    let progress = indicatif::ProgressBar::new(total_tokens).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} eval [{bar:30}] {pos}/{len} tokens, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut sums = EvalSums::new(d_sae);
+    for chunk in order.chunks(args.batch_size) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].clone()).collect();
+        eval::evaluate_batch(&model, &sae, point, &batch, &mut sums)?;
+        progress.inc(batch.iter().map(|ids| ids.len() as u64).sum());
+    }
+    progress.finish_and_clear();
+    let metrics = sums.finish()?;
+
+    let mut gates = threshold_gates(&args, &metrics);
+    let baseline = match &args.baseline {
+        Some(path) => {
+            let (comparison, baseline_gates) =
+                compare_with_baseline(path, args.tolerance, &metrics)?;
+            gates.extend(baseline_gates);
+            Some(comparison)
+        }
+        None => None,
+    };
+    let passed = gates.iter().all(|g| g.passed);
+    let report = EvalReport {
+        schema_version: SCHEMA_VERSION,
+        gemscope_version: env!("CARGO_PKG_VERSION"),
+        model: ModelInfo {
+            source: files.source.clone(),
+            revision: files.revision.clone(),
+            num_layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+            device: device_name(&device).to_string(),
+            dtype: dtype_name(dtype).to_string(),
+        },
+        sae: sae_info(&resolved, d_in, d_sae),
+        hook: HookInfo {
+            layer: point.layer,
+            site: point.site,
+        },
+        prompts: encoded.len(),
+        batch_size: args.batch_size,
+        max_tokens: args.max_tokens,
+        metrics,
+        gates,
+        baseline,
+        passed,
+    };
+
+    if let Some(path) = &args.save {
+        output::write_file_atomically(path, |w| output::write_json(w, &report))?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    if args.json {
+        output::write_json(&mut out, &report)?;
+    } else {
+        let color = crate::cli::OutputArgs {
+            json: false,
+            jsonl: false,
+            color: args.color,
+        }
+        .use_color();
+        output::write_eval_table(&mut out, &report, Style { color })?;
+    }
+    out.flush()?;
+    for g in report.gates.iter().filter(|g| !g.passed) {
+        eprintln!(
+            "gemscope: gate failed: {}: {} is {:.6}, needs {} {}",
+            g.name, g.metric, g.value, g.op, g.threshold
+        );
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
