@@ -427,7 +427,8 @@ impl NpzArchive {
         }
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&self.mmap[..]))?;
         let mut entry = zip.by_index(member.zip_index)?;
-        let mut out = Vec::with_capacity(wanted as usize);
+        // Reserve no more than 64 MiB up front: the declared size is only a claim until inflated.
+        let mut out = Vec::with_capacity(wanted.min(64 << 20) as usize);
         entry
             .by_ref()
             .take(wanted)

@@ -1,7 +1,7 @@
 //! The data path from token ids to a prompt report: hooked forward pass, SAE encode/decode, metrics.
 
 use crate::metrics::{self, ReconstructionSums};
-use crate::model::{Capture, Gemma2, HookPoint};
+use crate::model::{Capture, Gemma2, HookPoint, SequenceContext};
 use crate::report::{PromptReport, TokenReport};
 use crate::sae::JumpReluSae;
 use anyhow::{bail, ensure, Context, Result};
@@ -14,12 +14,11 @@ pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> 
     Ok(one.remove(0))
 }
 
-/// The activations at `point` for several prompts, run block by block: all prompts pass block
-/// `i` before block `i + 1` is read, so each block's weights are touched once for the lot.
+/// The activations at `point` for several prompts, run together as one right-padded batch: each
+/// streamed block is read once for all of them, and every matmul sees all their tokens at once.
+/// Each prompt's activation is `[its tokens, width]`, as it would be run alone.
 pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> Result<Vec<Tensor>> {
     let max = model.config().max_position_embeddings;
-    let mut xs = Vec::with_capacity(prompts.len());
-    let mut ctxs = Vec::with_capacity(prompts.len());
     for ids in prompts {
         ensure!(!ids.is_empty(), "no tokens to run");
         ensure!(
@@ -27,20 +26,32 @@ pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> R
             "the prompt has {} tokens, more than the model's context of {max}",
             ids.len()
         );
-        let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-        xs.push(model.embed(&input)?);
-        ctxs.push(model.context(ids.len())?);
     }
-    let mut hooks: Vec<Capture> = prompts.iter().map(|_| Capture::new(point)).collect();
-    model
-        .run_blocks_many(xs, &ctxs, 0..point.layer + 1, &mut hooks)
-        .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
-    hooks
-        .into_iter()
-        .map(|hook| {
-            let activation = hook.value.context("the hook point was never reached")?;
-            Ok(activation.squeeze(0)?.to_dtype(DType::F32)?)
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    // Padding with token 0 is harmless: no real token attends to a padding position.
+    let padded: Vec<u32> = prompts
+        .iter()
+        .flat_map(|ids| {
+            ids.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, longest - ids.len()))
         })
+        .collect();
+    let input = Tensor::from_vec(padded, (prompts.len(), longest), model.device())?;
+    let ctx = SequenceContext::padded(model.config(), &lengths, model.dtype(), model.device())?;
+    let mut hook = Capture::new(point);
+    model
+        .run_blocks(model.embed(&input)?, 0..point.layer + 1, &ctx, &mut hook)
+        .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
+    let batch = hook
+        .value
+        .context("the hook point was never reached")?
+        .to_dtype(DType::F32)?;
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Ok(batch.get(i)?.narrow(0, 0, n)?.contiguous()?))
         .collect()
 }
 

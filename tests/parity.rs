@@ -425,3 +425,36 @@ fn hub_style_config_without_layer_types_gives_the_same_model() {
         );
     }
 }
+
+#[test]
+fn a_padded_batch_of_prompts_matches_each_prompt_alone() {
+    // `features` runs a group of prompts as one right-padded batch; every prompt must come out as
+    // transformers computes it alone, across sliding-window layers shorter than the longest prompt.
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let files = ModelFiles::from_dir(&reference.dir).unwrap();
+        let prompts: Vec<Vec<u32>> = reference
+            .prompts()
+            .into_iter()
+            .map(|(_, ids)| ids)
+            .collect();
+        let last = files.config.num_hidden_layers - 1;
+        let (_, model) = load(name, |_| Parts::through_layer(last), DType::F32);
+        for layer in [0, last] {
+            for site in [Site::Res, Site::Mlp, Site::Att] {
+                let batch =
+                    pipeline::capture_many(&model, &prompts, HookPoint { layer, site }).unwrap();
+                for (i, x) in batch.iter().enumerate() {
+                    let (shape, expected) = reference.array(&format!("p{i}_{site}_L{layer}"));
+                    assert_eq!(x.dims(), &shape[..]);
+                    assert_close(
+                        &format!("{name} batched p{i} {site} L{layer}"),
+                        &flat(x),
+                        &expected,
+                        F32_TOLERANCE,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -555,38 +555,6 @@ impl Gemma2 {
         Ok(xs)
     }
 
-    /// Runs several sequences through blocks `layers`, block by block: every sequence passes
-    /// block `i` before block `i + 1` is built, so a streamed block is read once for all of them.
-    /// `hooks[k]` sees the sites of sequence `k`.
-    pub fn run_blocks_many<H: Hook>(
-        &self,
-        xs: Vec<Tensor>,
-        ctxs: &[SequenceContext],
-        layers: Range<usize>,
-        hooks: &mut [H],
-    ) -> Result<Vec<Tensor>> {
-        self.check_range(&layers)?;
-        if xs.len() != ctxs.len() || xs.len() != hooks.len() {
-            candle_core::bail!(
-                "run_blocks_many: {} sequences, {} contexts, {} hooks",
-                xs.len(),
-                ctxs.len(),
-                hooks.len()
-            );
-        }
-        let mut xs = xs;
-        for layer in layers {
-            xs = self.with_block(layer, |block| {
-                xs.iter()
-                    .zip(ctxs)
-                    .zip(hooks.iter_mut())
-                    .map(|((x, ctx), hook)| block.forward(x, ctx, hook))
-                    .collect::<Result<Vec<_>>>()
-            })?;
-        }
-        Ok(xs)
-    }
-
     /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
     pub fn residual_after(
         &self,
