@@ -132,17 +132,6 @@ impl ReconstructionSums {
         self.n += x.len() as u64;
     }
 
-    pub fn merge(&mut self, other: &Self) {
-        self.n += other.n;
-        self.sum_x += other.sum_x;
-        self.sum_x2 += other.sum_x2;
-        self.sum_err2 += other.sum_err2;
-    }
-
-    pub fn elements(&self) -> u64 {
-        self.n
-    }
-
     /// `None` when fewer than two elements were seen (the unbiased variance is undefined).
     pub fn finish(&self) -> Option<Reconstruction> {
         if self.n < 2 {
@@ -230,12 +219,10 @@ mod tests {
         let x: Vec<f32> = (0..10).map(|i| i as f32 * 0.7 - 2.0).collect();
         let x_hat: Vec<f32> = x.iter().map(|v| v * 0.9 + 0.1).collect();
         let whole = reconstruction(&x, &x_hat).unwrap();
-        let mut a = ReconstructionSums::default();
-        a.add(&x[..3], &x_hat[..3]);
-        let mut b = ReconstructionSums::default();
-        b.add(&x[3..], &x_hat[3..]);
-        a.merge(&b);
-        let pooled = a.finish().unwrap();
+        let mut sums = ReconstructionSums::default();
+        sums.add(&x[..3], &x_hat[..3]);
+        sums.add(&x[3..], &x_hat[3..]);
+        let pooled = sums.finish().unwrap();
         assert!((whole.mse - pooled.mse).abs() < 1e-12);
         assert!((whole.variance_explained - pooled.variance_explained).abs() < 1e-12);
     }

@@ -202,32 +202,6 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Array<f32>> {
     })
 }
 
-/// Decodes an integer `.npy` array (token ids in reference files) into i64.
-pub fn decode_i64(bytes: &[u8]) -> Result<Array<i64>> {
-    let header = NpyHeader::parse(bytes)?;
-    let count = check_length(&header, bytes)?;
-    ensure!(
-        !header.fortran_order || header.shape.len() <= 1,
-        "fortran-ordered integer arrays are not supported"
-    );
-    let data = &bytes[header.data_offset..];
-    let values = match header.dtype {
-        NpyDtype::I64 => data[..count * 8]
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        NpyDtype::I32 => data[..count * 4]
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect(),
-        _ => bail!("expected an integer array"),
-    };
-    Ok(Array {
-        shape: header.shape,
-        data: values,
-    })
-}
-
 /// A decoder for one element of a float dtype: `read(data, i)` is element `i` of `data` as f32.
 fn float_reader(dtype: NpyDtype) -> Result<fn(&[u8], usize) -> f32> {
     Ok(match dtype {
@@ -475,11 +449,6 @@ impl NpzArchive {
         let bytes = self.member_bytes(name)?;
         decode_f32_transposed(&bytes, &mut |offset, len| self.release(name, offset, len))
             .with_context(|| format!("{}: array {name:?}", self.path.display()))
-    }
-
-    pub fn read_i64(&self, name: &str) -> Result<Array<i64>> {
-        let bytes = self.member_bytes(name)?;
-        decode_i64(&bytes).with_context(|| format!("{}: array {name:?}", self.path.display()))
     }
 }
 

@@ -21,10 +21,6 @@ impl PromptTokenizer {
         Ok(Self { inner, bos })
     }
 
-    pub fn bos(&self) -> u32 {
-        self.bos
-    }
-
     /// Token ids of `text`, BOS first. The tokenizer's post-processor normally adds BOS (as
     /// `add_special_tokens` does in Python); a tokenizer.json without one gets it prepended here,
     /// as transformers' `add_bos_token` would.

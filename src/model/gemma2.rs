@@ -8,7 +8,7 @@ use super::config::{Activation, AttentionKind, Config};
 use super::hook::{Hook, HookPoint, Site};
 use super::weights::{MappedWeights, SharedWeights};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -40,13 +40,6 @@ impl Parts {
             blocks: cfg.num_hidden_layers,
             head: true,
             resident: true,
-        }
-    }
-
-    pub fn resident(self) -> Self {
-        Self {
-            resident: true,
-            ..self
         }
     }
 }
@@ -168,6 +161,46 @@ impl SequenceContext {
     }
 }
 
+/// A linear layer (`y = x W^T + b`, weight `[out, in]` as the checkpoint stores it) that folds all
+/// leading dimensions into one matmul. candle_nn's `Linear` runs a `[batch, seq, in]` input as one
+/// small matmul per batch row, re-reading the weight each time: a third of the speed for a
+/// batch of prompts.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = *dims
+            .last()
+            .expect("a linear layer needs at least one dimension");
+        let rows = xs.elem_count() / in_dim;
+        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let ys = match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("checked above") = self.weight.dim(0)?;
+        ys.reshape(out_dims)
+    }
+}
+
 fn softcap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
     match cap {
         Some(cap) => (xs / cap)?.tanh()? * cap,
@@ -196,10 +229,10 @@ impl Attention {
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: candle_nn::linear_b(h, heads * hd, bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(heads * hd, h, bias, vb.pp("o_proj"))?,
+            q_proj: Linear::new(h, heads * hd, bias, vb.pp("q_proj"))?,
+            k_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
+            v_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
+            o_proj: Linear::new(heads * hd, h, bias, vb.pp("o_proj"))?,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim: hd,
@@ -280,9 +313,9 @@ impl Mlp {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(h, i, false, vb.pp("up_proj"))?,
+            down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
             activation: cfg.hidden_activation,
         })
     }

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 struct Shard {
@@ -152,19 +152,6 @@ impl MappedWeights {
         let tensor =
             Tensor::from_raw_buffer(&gathered, entry.dtype, &[rows.len(), cols], &Device::Cpu)?;
         tensor.to_dtype(dtype)?.to_device(device)
-    }
-
-    /// Bytes the tensors named by `filter` occupy in their files.
-    pub fn stored_bytes(&self, filter: impl Fn(&str) -> bool) -> u64 {
-        self.entries
-            .iter()
-            .filter(|(name, _)| filter(name))
-            .map(|(_, e)| (e.end - e.start) as u64)
-            .sum()
-    }
-
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.shards.iter().map(|s| s.path.as_path())
     }
 }
 
