@@ -200,7 +200,7 @@ def main():
             print(f"layer {layer} {cache}: python {py} gemscope {gs} top-5 agreement {agree}", file=sys.stderr)
 
     print(f"\n{args.shape}-shaped checkpoint ({SHAPES[args.shape]['num_hidden_layers']} layers x {d_in}, "
-          f"f32, vocab {VOCAB}), {len(PROMPTS)} prompts, 16k SAE; {platform.processor() or platform.machine()}, "
+          f"f32, vocab {VOCAB}), {len(prompts.read_text().splitlines())} prompts, 16k SAE; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     print("| layer | page cache | Python time | Python peak RSS | gemscope time | gemscope peak RSS | speed-up | memory ratio | top-5 ids agree |")
     print("|---|---|---|---|---|---|---|---|---|")

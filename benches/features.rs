@@ -135,66 +135,81 @@ fn main() {
         site: Site::Res,
     };
     let started = Instant::now();
-    let files = ModelFiles::from_dir(dir.path()).unwrap();
-    let model = model::load(&files, Parts::through_layer(layer), DType::F32, &device).unwrap();
-    let load_model = started.elapsed();
-    let started = Instant::now();
     let sae = JumpReluSae::load(&sae_path, HIDDEN, SaeParts::EncoderDecoder, &device).unwrap();
     let load_sae = started.elapsed();
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
 
-    println!("gemscope features benchmark: {layers} blocks of Gemma-2-2B width, hook at layer {layer} res, SAE {D_SAE} wide, CPU f32, {} threads", candle_core::utils::get_num_threads());
     println!(
-        "load: model {:.2} s, SAE {:.2} s (includes the W_enc transpose)",
-        secs(load_model),
+        "gemscope features benchmark: {layers} blocks of Gemma-2-2B width, hook at layer {layer} res, SAE {D_SAE} wide, CPU f32, {} threads",
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "SAE load: {:.2} s (W_enc decoded into its transposed layout)",
         secs(load_sae)
     );
-    println!();
-    println!(
-        "{:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "tokens", "tokens/s", "forward", "encode", "metrics", "total"
-    );
-    for len in [16usize, 64, 256] {
-        let ids: Vec<u32> = std::iter::once(2)
-            .chain((1..len).map(|i| (i * 7919 % (VOCAB - 4) + 4) as u32))
-            .collect();
-        let pieces: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
-        // Warm-up, then the timed iterations.
-        pipeline::capture(&model, &ids, point).unwrap();
-        let mut t = Timings::default();
-        for _ in 0..iters {
-            let start = Instant::now();
-            let x = pipeline::capture(&model, &ids, point).unwrap();
-            t.forward += start.elapsed();
-            let start = Instant::now();
-            let f = sae.encode(&x).unwrap();
-            let x_hat = sae.decode(&f).unwrap();
-            let _ = (f.to_vec2::<f32>().unwrap(), x_hat.to_vec2::<f32>().unwrap());
-            let encode = start.elapsed();
-            let start = Instant::now();
-            let input = PromptInput {
-                index: 0,
-                text: "",
-                ids: &ids,
-                pieces: pieces.clone(),
-            };
-            pipeline::analyze(input, &x, &sae, point, 5).unwrap();
-            // analyze encodes and decodes as above; what is left is the metrics' share.
-            t.metrics += start.elapsed().saturating_sub(encode);
-            t.encode += encode;
-            t.tokens += len;
-        }
-        let per = |d: Duration| secs(d) / iters as f64 * 1e3;
-        let total = t.forward + t.encode + t.metrics;
+    // Streamed is how `features` runs (each block read from the mapped file when it runs, once
+    // per prompt group); resident keeps the blocks in memory, which isolates the arithmetic.
+    for (mode, parts) in [
+        ("streamed", Parts::through_layer(layer)),
+        (
+            "resident",
+            Parts {
+                resident: true,
+                ..Parts::through_layer(layer)
+            },
+        ),
+    ] {
+        let model = model::load(&files, parts, DType::F32, &device).unwrap();
+        println!();
+        println!("{mode} blocks");
         println!(
-            "{len:>7} {:>10.0} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>8.1}ms",
-            t.tokens as f64 / secs(total),
-            per(t.forward),
-            per(t.encode),
-            per(t.metrics),
-            per(total)
+            "{:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "tokens", "tokens/s", "forward", "encode", "metrics", "total"
         );
+        for len in [16usize, 64, 256] {
+            let ids: Vec<u32> = std::iter::once(2)
+                .chain((1..len).map(|i| (i * 7919 % (VOCAB - 4) + 4) as u32))
+                .collect();
+            let pieces: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
+            // Warm-up, then the timed iterations.
+            pipeline::capture(&model, &ids, point).unwrap();
+            let mut t = Timings::default();
+            for _ in 0..iters {
+                let start = Instant::now();
+                let x = pipeline::capture(&model, &ids, point).unwrap();
+                t.forward += start.elapsed();
+                let start = Instant::now();
+                let f = sae.encode(&x).unwrap();
+                let x_hat = sae.decode(&f).unwrap();
+                let _ = (f.to_vec2::<f32>().unwrap(), x_hat.to_vec2::<f32>().unwrap());
+                let encode = start.elapsed();
+                let start = Instant::now();
+                let input = PromptInput {
+                    index: 0,
+                    text: "",
+                    ids: &ids,
+                    pieces: pieces.clone(),
+                };
+                pipeline::analyze(input, &x, &sae, point, 5).unwrap();
+                // analyze encodes and decodes as above; what is left is the metrics' share.
+                t.metrics += start.elapsed().saturating_sub(encode);
+                t.encode += encode;
+                t.tokens += len;
+            }
+            let per = |d: Duration| secs(d) / iters as f64 * 1e3;
+            let total = t.forward + t.encode + t.metrics;
+            println!(
+                "{len:>7} {:>10.0} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>8.1}ms",
+                t.tokens as f64 / secs(total),
+                per(t.forward),
+                per(t.encode),
+                per(t.metrics),
+                per(total)
+            );
+        }
     }
 
+    println!();
     // Why W_enc is transposed at load: the encode matmul with both operands contiguous along d_in.
     println!();
     let x = randn(&[64, HIDDEN], 1.0);
