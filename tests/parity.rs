@@ -458,3 +458,51 @@ fn a_padded_batch_of_prompts_matches_each_prompt_alone() {
         }
     }
 }
+
+#[test]
+fn a_bf16_checkpoint_stays_bf16_on_disk_and_computes_in_f32() {
+    // Hub checkpoints are often bf16: gemscope maps them as they are and converts a block to the
+    // compute dtype (f32 by default) only while it runs.
+    let reference = Reference::load("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(reference.dir.join(file), dir.path().join(file)).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(reference.dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let bf16: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
+    let original = std::fs::metadata(reference.dir.join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        std::fs::metadata(dir.path().join("model.safetensors"))
+            .unwrap()
+            .len()
+            < original * 6 / 10
+    );
+
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
+    let model = model::load(&files, Parts::through_layer(3), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.dtype(), DType::F32);
+    let (_, ids) = &reference.prompts()[1];
+    let x = flat(
+        &pipeline::capture(
+            &model,
+            ids,
+            HookPoint {
+                layer: 3,
+                site: Site::Res,
+            },
+        )
+        .unwrap(),
+    );
+    let (_, expected) = reference.array("p1_res_L3");
+    // bf16 weights (8 bits of mantissa) computed in f32: close to the f32 model, not equal to it.
+    let err = crate::util::relative_error(&x, &expected);
+    assert!(err < 5e-2 && err > 1e-6, "relative error {err}");
+}
