@@ -2,11 +2,15 @@
 //! 9216 FFN, 8 heads of 256, 4 KV heads), a few layers, and a 16k-wide SAE: tokens/s and where the
 //! time goes (forward, SAE encode+decode, metrics). Run: `cargo bench --bench features`.
 //!
-//! Env: `GEMSCOPE_BENCH_LAYERS` (default 4), `GEMSCOPE_BENCH_ITERS` (default 5).
+//! Then greedy generation with the KV cache on the whole synthetic model: tokens/s.
+//!
+//! Env: `GEMSCOPE_BENCH_LAYERS` (default 4), `GEMSCOPE_BENCH_ITERS` (default 5),
+//! `GEMSCOPE_BENCH_NEW_TOKENS` (default 8).
 
 use candle_core::{DType, Device, Tensor};
+use gemscope::generate::{self, GenerateOptions, Sampling};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, HookPoint, Parts, Site};
+use gemscope::model::{self, HookPoint, NoHook, Parts, Site};
 use gemscope::pipeline::{self, PromptInput};
 use gemscope::sae::{JumpReluSae, SaeParts};
 use std::collections::HashMap;
@@ -226,4 +230,23 @@ fn main() {
     let plain = time(&|| x.matmul(&w_enc).unwrap());
     let transposed = time(&|| x.matmul(&w_enc_t.t().unwrap()).unwrap());
     println!("encode matmul [64 x {HIDDEN}] @ W_enc: W_enc as stored [d_in, d_sae] {plain:.1} ms, transposed at load [d_sae, d_in] {transposed:.1} ms ({:.2}x)", plain / transposed);
+
+    // Generation: greedy tokens with the KV cache, the whole model resident; the per-token
+    // speed should barely depend on the prompt's length.
+    println!();
+    let full = model::load(&files, Parts::full(&files.config), DType::F32, &device).unwrap();
+    let new_tokens = env_usize("GEMSCOPE_BENCH_NEW_TOKENS", 8);
+    for len in [16usize, 256] {
+        let ids: Vec<u32> = std::iter::once(2)
+            .chain((1..len).map(|i| (i * 7919 % (VOCAB - 4) + 4) as u32))
+            .collect();
+        let options = GenerateOptions::new(new_tokens, Sampling::greedy(), Vec::new());
+        let g = generate::generate(&full, &ids, &options, &mut NoHook, |_| Ok(())).unwrap();
+        println!(
+            "generate: prompt {len} tokens, {} new greedy tokens: prompt {:.2} s, {:.1} tokens/s after it",
+            g.ids.len(),
+            g.prefill_seconds,
+            g.tokens_per_second().unwrap_or(0.0)
+        );
+    }
 }

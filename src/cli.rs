@@ -28,6 +28,10 @@ pub enum Command {
     Activations(crate::commands::activations::ActivationsArgs),
     /// List the Gemma Scope SAEs a release holds (layers, widths, L0s, canonical).
     ListSaes(crate::commands::list_saes::ListSaesArgs),
+    /// Continue a prompt with the model (KV-cached; greedy or sampled), streaming the text.
+    Generate(crate::commands::generate::GenerateArgs),
+    /// Continue a prompt with and without SAE features added to the residual stream, side by side.
+    Steer(crate::commands::steer::SteerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,6 +192,64 @@ fn json_text(line: &str) -> Option<String> {
     value.get("text")?.as_str().map(str::to_string)
 }
 
+/// The prompt and how to continue it (`generate`, `steer`).
+#[derive(Debug, Clone, Args)]
+pub struct GenerationArgs {
+    /// The prompt to continue (BOS is prepended).
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+    /// Wrap the prompt in the Gemma chat template (for -it models): `<start_of_turn>user\n{PROMPT}<end_of_turn>\n<start_of_turn>model\n`.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate (generation also stops at <eos> and <end_of_turn>).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy (the highest logit, ties to the lowest id).
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: draw from the smallest set of likeliest tokens holding this much probability.
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl GenerationArgs {
+    /// The sampling settings, checked.
+    pub fn sampling(&self) -> Result<crate::generate::Sampling> {
+        ensure!(
+            self.max_new_tokens >= 1,
+            "--max-new-tokens must be at least 1"
+        );
+        ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be 0 (greedy) or positive, not {}",
+            self.temperature
+        );
+        ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "--top-p must be in (0, 1], not {}",
+            self.top_p
+        );
+        ensure!(!self.prompt.is_empty(), "the prompt is empty");
+        Ok(crate::generate::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+
+    /// The text the tokenizer reads: the prompt, or the chat template around it.
+    pub fn prompt_text(&self) -> String {
+        if self.chat {
+            crate::generate::chat_prompt(&self.prompt)
+        } else {
+            self.prompt.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorArg {
     /// Colour when standard output is a terminal and NO_COLOR is not set.
@@ -211,8 +273,15 @@ pub struct OutputArgs {
 
 impl OutputArgs {
     pub fn use_color(&self) -> bool {
+        self.color.enabled()
+    }
+}
+
+impl ColorArg {
+    /// Whether to colour stdout: as asked, `auto` meaning a terminal; NO_COLOR always wins.
+    pub fn enabled(self) -> bool {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        match self.color {
+        match self {
             _ if no_color => false,
             ColorArg::Always => true,
             ColorArg::Never => false,

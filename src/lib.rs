@@ -3,10 +3,12 @@
 //! The data path: prompt -> [`tokenizer`] -> [`model`] blocks 0..=L with a [`model::Hook`] ->
 //! [`sae`] encode/decode -> [`metrics`] -> one [`report`] struct -> [`output`] formatter.
 //! [`pipeline`] strings these together; [`commands`] wires them to the flags in [`cli`].
+//! [`generate`] runs the whole model autoregressively (KV cache, sampling, SAE steering).
 
 pub mod cli;
 pub mod commands;
 pub mod eval;
+pub mod generate;
 pub mod hub;
 pub mod metrics;
 pub mod model;
@@ -29,6 +31,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Activations(args) => commands::activations::run(args),
         cli::Command::ListSaes(args) => commands::list_saes::run(args),
+        cli::Command::Generate(args) => commands::generate::run(args),
+        cli::Command::Steer(args) => commands::steer::run(args),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Formatters over the report structs: the human table, JSON and JSONL. They only format.
 
-use crate::report::{EvalReport, FeaturesReport, PromptLine, PromptReport};
+use crate::report::{
+    Continuation, EvalReport, FeaturesReport, Highlight, PromptLine, PromptReport, SteerReport,
+};
 use serde::Serialize;
 use std::io::{self, Write};
 use unicode_width::UnicodeWidthStr;
@@ -200,6 +202,9 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         style.bold(&fmt_opt(prompt.mse)),
         if counted == 1 { "" } else { "s" }
     )?;
+    if let Some(highlight) = &prompt.highlight {
+        write_highlight(w, prompt, highlight, style)?;
+    }
     if prompt.top_features.is_empty() {
         writeln!(w, "  {}", style.dim("no feature fired on this prompt"))?;
         return Ok(());
@@ -230,6 +235,62 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         writeln!(w, "  top feature on Neuronpedia: {}", style.paint("4", url))?;
     }
     Ok(())
+}
+
+/// Background shades for `--highlight`, faint to strong (xterm-256 colours, pale yellow to
+/// orange-red), with black text so a dark terminal stays readable.
+const HIGHLIGHT_SHADES: [u8; 5] = [230, 223, 216, 209, 202];
+
+/// The shade of an activation relative to the prompt's max: `None` when the feature is off.
+fn shade(activation: f32, max: f32) -> Option<u8> {
+    if activation <= 0.0 || max <= 0.0 {
+        return None;
+    }
+    let level = ((activation / max).min(1.0) * HIGHLIGHT_SHADES.len() as f32).ceil() as usize;
+    Some(HIGHLIGHT_SHADES[level.clamp(1, HIGHLIGHT_SHADES.len()) - 1])
+}
+
+/// The prompt with each token shaded by one feature's activation (the Neuronpedia look); in
+/// plain text, active tokens are marked `[token:1.23]`.
+fn write_highlight(
+    w: &mut dyn Write,
+    prompt: &PromptReport,
+    highlight: &Highlight,
+    style: Style,
+) -> io::Result<()> {
+    let legend = if style.color {
+        let ramp: String = HIGHLIGHT_SHADES
+            .iter()
+            .map(|c| format!("\x1b[30;48;5;{c}m  \x1b[0m"))
+            .collect();
+        format!("background = activation / max {ramp}")
+    } else {
+        "[token:activation] marks the tokens where it fires".to_string()
+    };
+    writeln!(
+        w,
+        "  {} {}",
+        style.bold(&format!(
+            "feature #{} on this prompt (max {:.2}):",
+            highlight.feature, highlight.max
+        )),
+        style.dim(&legend)
+    )?;
+    let mut line = String::new();
+    for (token, &a) in prompt.tokens.iter().zip(&highlight.activations) {
+        let piece = display_piece(&token.text).replace('\u{2581}', " ");
+        if token.bos {
+            line.push_str(&style.dim(&piece));
+            continue;
+        }
+        match shade(a, highlight.max) {
+            Some(c) if style.color => line.push_str(&format!("\x1b[30;48;5;{c}m{piece}\x1b[0m")),
+            Some(_) => line.push_str(&format!("[{piece}:{a:.2}]")),
+            None if a > 0.0 && !style.color => line.push_str(&format!("[{piece}:{a:.2}]")),
+            None => line.push_str(&piece),
+        }
+    }
+    writeln!(w, "  {line}")
 }
 
 /// The human table for `gemscope eval`: metrics, gates, and the baseline side by side.
@@ -314,6 +375,172 @@ pub fn write_eval_table(w: &mut dyn Write, report: &EvalReport, style: Style) ->
         }
     }
     Ok(())
+}
+
+/// Streams generated text: given the decoding of every token so far, writes what is new. A
+/// trailing U+FFFD (a character whose bytes have not all arrived) waits for the next token.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    written: usize,
+}
+
+impl TextStream {
+    pub fn push(&mut self, id: u32) {
+        self.ids.push(id);
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Writes the part of `text` not yet written and flushes; `last` writes a trailing U+FFFD too.
+    pub fn write_new(&mut self, w: &mut dyn Write, text: &str, last: bool) -> io::Result<()> {
+        let end = if last {
+            text.len()
+        } else {
+            text.trim_end_matches('\u{FFFD}').len()
+        };
+        if end > self.written && text.is_char_boundary(self.written) {
+            w.write_all(&text.as_bytes()[self.written..end])?;
+            self.written = end;
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The terminal's width from `COLUMNS`, else 100.
+pub fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|&c: &usize| c >= 20)
+        .unwrap_or(100)
+}
+
+/// Narrower than this, `steer` stacks the two continuations instead of setting them side by side.
+const MIN_SIDE_BY_SIDE: usize = 60;
+
+/// Text wrapped to `width` terminal columns at spaces (a longer word is cut), keeping its own
+/// line breaks; other control characters are escaped.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for paragraph in text.split('\n') {
+        let paragraph = display_piece(paragraph);
+        let mut line = String::new();
+        for word in paragraph.split_inclusive(' ') {
+            if line.width() + word.trim_end().width() > width && !line.is_empty() {
+                lines.push(line.trim_end().to_string());
+                line.clear();
+            }
+            for c in word.chars() {
+                if line.width() + c.to_string().width() > width && c != ' ' {
+                    lines.push(std::mem::take(&mut line));
+                }
+                line.push(c);
+            }
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    lines
+}
+
+fn describe_stop(c: &Continuation) -> String {
+    let n = c.generated_ids.len();
+    let tokens = format!("{n} token{}", if n == 1 { "" } else { "s" });
+    match c.stop_token {
+        Some(id) => format!("{tokens}, stopped at token {id}"),
+        None => format!("{tokens}, --max-new-tokens reached"),
+    }
+}
+
+/// The human view of `gemscope steer`: a header naming the steering, then the baseline and
+/// steered continuations in two columns (stacked, each labelled, on a narrow terminal).
+pub fn write_steer_view(
+    w: &mut dyn Write,
+    report: &SteerReport,
+    style: Style,
+    width: usize,
+) -> io::Result<()> {
+    let steering: Vec<String> = report
+        .steering
+        .iter()
+        .map(|s| format!("#{} {:+}", s.feature, s.strength))
+        .collect();
+    let steering = steering.join(", ");
+    writeln!(
+        w,
+        "{} layer {} res · {} {} · SAE {} features ({}) · {} {}",
+        style.bold("gemscope steer:"),
+        report.layer,
+        report.mode.name(),
+        style.feature(&steering),
+        report.sae.d_sae,
+        report.sae.source,
+        report.model.device,
+        report.model.dtype
+    )?;
+    writeln!(
+        w,
+        "{} {}{}",
+        style.bold("prompt:"),
+        display_prompt(&report.prompt.prompt),
+        if report.prompt.chat {
+            " (chat template)"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(w)?;
+    let left_label = "baseline";
+    let right_label = format!("steered ({} {steering})", report.mode.name());
+    if width < MIN_SIDE_BY_SIDE {
+        for (label, c) in [
+            (left_label.to_string(), &report.baseline),
+            (right_label, &report.steered),
+        ] {
+            writeln!(w, "{}", style.bold(&format!("── {label} ──")))?;
+            for line in wrap(&c.text, width) {
+                writeln!(w, "{line}")?;
+            }
+            writeln!(w, "{}", style.dim(&format!("({})", describe_stop(c))))?;
+        }
+        return Ok(());
+    }
+    let col = (width - 3) / 2;
+    let left = wrap(&report.baseline.text, col);
+    let right = wrap(&report.steered.text, col);
+    let rule = |l: &str, r: &str| format!("{} │ {}", pad(l, col), r);
+    writeln!(
+        w,
+        "{}",
+        style.bold(&rule(left_label, &clip_to(&right_label, col)))
+    )?;
+    writeln!(w, "{}┼{}", "─".repeat(col + 1), "─".repeat(col + 1))?;
+    for i in 0..left.len().max(right.len()) {
+        let l = left.get(i).map_or("", String::as_str);
+        let r = right.get(i).map_or("", String::as_str);
+        writeln!(w, "{}", rule(l, r).trim_end())?;
+    }
+    let (ls, rs) = (
+        describe_stop(&report.baseline),
+        describe_stop(&report.steered),
+    );
+    writeln!(w, "{}", style.dim(rule(&clip_to(&ls, col), &rs).trim_end()))?;
+    Ok(())
+}
+
+/// Cuts `text` to `width` columns.
+fn clip_to(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.width() + c.to_string().width() > width {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Writes a file through a temporary file in the same directory, renamed into place once
@@ -437,6 +664,7 @@ mod tests {
                     active_tokens: 1,
                 }
                 .into()],
+                highlight: None,
             }],
         }
     }

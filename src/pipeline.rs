@@ -142,5 +142,23 @@ pub fn analyze(
         variance_explained: reconstruction.map(|r| r.variance_explained),
         mse: reconstruction.map(|r| r.mse),
         top_features,
+        highlight: None,
+    })
+}
+
+/// Feature `feature`'s activation at every row of `x` `[tokens, d_in]` (BOS first), with the
+/// largest over the non-BOS rows: what `features --highlight` shades.
+pub fn highlight(
+    x: &Tensor,
+    sae: &JumpReluSae,
+    feature: usize,
+) -> Result<crate::report::Highlight> {
+    let f = sae.feature_encoder(&[feature])?.encode(x)?;
+    let activations = f.squeeze(1)?.to_vec1::<f32>()?;
+    let max = activations.iter().skip(1).copied().fold(0f32, f32::max);
+    Ok(crate::report::Highlight {
+        feature: feature as u32,
+        activations,
+        max,
     })
 }

@@ -1,5 +1,6 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
+use crate::generate::{Sampling, SteerMode};
 use crate::hub::Neuronpedia;
 use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::Site;
@@ -129,6 +130,18 @@ pub struct PromptReport {
     pub mse: Option<f64>,
     /// Features ranked by summed activation over the non-BOS tokens.
     pub top_features: Vec<AggregateTopFeature>,
+    /// `features --highlight F`: feature F's activation at every token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlight: Option<Highlight>,
+}
+
+/// One feature's activation at every token of a prompt (BOS first).
+#[derive(Debug, Clone, Serialize)]
+pub struct Highlight {
+    pub feature: u32,
+    pub activations: Vec<f32>,
+    /// The largest activation over the non-BOS tokens (what the shading is relative to).
+    pub max: f32,
 }
 
 impl PromptReport {
@@ -217,4 +230,86 @@ pub struct EvalReport {
     pub baseline: Option<BaselineComparison>,
     /// True when every gate passed: the exit status is 0 exactly then.
     pub passed: bool,
+}
+
+/// The sampling settings of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplingInfo {
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    pub max_new_tokens: usize,
+}
+
+/// One continuation: what was generated and how fast.
+#[derive(Debug, Clone, Serialize)]
+pub struct Continuation {
+    /// The new tokens; a stop token, when one ended generation, is the last.
+    pub generated_ids: Vec<u32>,
+    /// Their text, special tokens left out.
+    pub text: String,
+    /// `stop_token` or `max_new_tokens`.
+    pub stop_reason: &'static str,
+    pub stop_token: Option<u32>,
+    /// Seconds for the first token (the prompt's forward pass), then for the rest.
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    /// Tokens per second after the first; `null` with fewer than two tokens.
+    pub tokens_per_second: Option<f64>,
+}
+
+/// The prompt as the model saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptInfo {
+    /// The prompt as given.
+    pub prompt: String,
+    /// Whether the chat template was applied.
+    pub chat: bool,
+    /// The text tokenized: the prompt, or the chat template around it.
+    pub prompt_text: String,
+    /// Its token ids, BOS first.
+    pub prompt_ids: Vec<u32>,
+    /// Token ids that end generation.
+    pub stop_ids: Vec<u32>,
+}
+
+/// The whole output of `gemscope generate --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateReport {
+    pub schema_version: u32,
+    pub gemscope_version: &'static str,
+    pub model: ModelInfo,
+    #[serde(flatten)]
+    pub prompt: PromptInfo,
+    pub sampling: SamplingInfo,
+    #[serde(flatten)]
+    pub continuation: Continuation,
+}
+
+/// One steered feature.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteeringEntry {
+    pub feature: u32,
+    pub strength: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neuronpedia_url: Option<String>,
+}
+
+/// The whole output of `gemscope steer --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteerReport {
+    pub schema_version: u32,
+    pub gemscope_version: &'static str,
+    pub model: ModelInfo,
+    pub sae: SaeInfo,
+    /// Where steering writes: the residual stream after block `layer`.
+    pub hook: HookInfo,
+    pub layer: usize,
+    pub mode: SteerMode,
+    pub steering: Vec<SteeringEntry>,
+    #[serde(flatten)]
+    pub prompt: PromptInfo,
+    pub sampling: SamplingInfo,
+    /// Without steering, same sampling settings and seed.
+    pub baseline: Continuation,
+    pub steered: Continuation,
 }

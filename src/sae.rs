@@ -220,12 +220,54 @@ impl JumpReluSae {
         f.matmul(&decoder.w_dec)?.broadcast_add(&decoder.b_dec)
     }
 
+    /// The encoder of only `features` (ids checked against `d_sae`): steering's clamp mode and
+    /// `features --highlight` need one or two features, not all of them.
+    pub fn feature_encoder(&self, features: &[usize]) -> candle_core::Result<FeatureEncoder> {
+        let idx = self.feature_index(features)?;
+        Ok(FeatureEncoder {
+            w: self.w_enc_t.index_select(&idx, 0)?.t()?.contiguous()?,
+            b_enc: self.b_enc.index_select(&idx, 0)?,
+            threshold: self.threshold.index_select(&idx, 0)?,
+        })
+    }
+
+    fn feature_index(&self, features: &[usize]) -> candle_core::Result<Tensor> {
+        if let Some(f) = features.iter().find(|&&f| f >= self.d_sae) {
+            candle_core::bail!(
+                "feature {f} does not exist: the SAE has {} features (0..={})",
+                self.d_sae,
+                self.d_sae - 1
+            );
+        }
+        let ids: Vec<u32> = features.iter().map(|&f| f as u32).collect();
+        Tensor::from_vec(ids, features.len(), self.w_enc_t.device())
+    }
+
     /// Row `feature` of `W_dec` `[d_in]`: the direction the feature writes (used for steering).
     pub fn decoder_direction(&self, feature: usize) -> candle_core::Result<Tensor> {
         let Some(decoder) = &self.decoder else {
             candle_core::bail!("the SAE decoder was not loaded");
         };
         decoder.w_dec.get(feature)
+    }
+}
+
+/// The JumpReLU encoder restricted to a few features: `[.., d_in]` -> `[.., k]`.
+#[derive(Debug, Clone)]
+pub struct FeatureEncoder {
+    /// The features' columns of `W_enc`, `[d_in, k]`.
+    w: Tensor,
+    b_enc: Tensor,
+    threshold: Tensor,
+}
+
+impl FeatureEncoder {
+    /// `relu(pre) * (pre > threshold)` with `pre = x @ W_enc[:, F] + b_enc[F]`, in f32.
+    pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let pre = x.broadcast_matmul(&self.w)?.broadcast_add(&self.b_enc)?;
+        let gate = pre.broadcast_gt(&self.threshold)?;
+        gate.where_cond(&pre.relu()?, &pre.zeros_like()?)
     }
 }
 

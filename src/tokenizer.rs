@@ -37,6 +37,19 @@ impl PromptTokenizer {
         Ok(ids)
     }
 
+    /// The id of a token spelled exactly `piece` (`<end_of_turn>`), if the vocabulary has it.
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.inner.token_to_id(piece)
+    }
+
+    /// The text of `ids` as the tokenizer's decoder spells it, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot decode the generated tokens")
+    }
+
     /// The vocabulary's spelling of a token (`▁Golden`, `<0x0A>`, `<bos>`).
     pub fn piece(&self, id: u32) -> String {
         self.inner

@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod eval;
 mod faults;
+mod generate;
 mod hub;
 mod hub_server;
 mod parity;

@@ -33,6 +33,10 @@ pub struct FeaturesArgs {
     /// SAEs; variance explained and MSE are then not computed (null in JSON).
     #[arg(long)]
     pub encode_only: bool,
+    /// Also print each prompt with its tokens shaded by feature F's activation relative to the
+    /// prompt's max (with --color never, active tokens are marked `[token:1.23]`).
+    #[arg(long, value_name = "F")]
+    pub highlight: Option<usize>,
     #[command(flatten)]
     pub prompts: PromptArgs,
     #[command(flatten)]
@@ -119,6 +123,13 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
         "--top-k {} is larger than the SAE's {d_sae} features",
         args.top_k
     );
+    if let Some(f) = args.highlight {
+        ensure!(
+            f < d_sae,
+            "--highlight {f} does not exist: the SAE has {d_sae} features (0..={})",
+            d_sae - 1
+        );
+    }
 
     // Before any large download or allocation: will it fit?
     let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
@@ -165,6 +176,9 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
             };
             let mut report = pipeline::analyze(input, x, &sae, point, args.top_k)
                 .with_context(|| format!("prompt {}", index + 1))?;
+            if let Some(feature) = args.highlight {
+                report.highlight = Some(pipeline::highlight(x, &sae, feature)?);
+            }
             if let Some(neuronpedia) = &resolved.neuronpedia {
                 report.link_neuronpedia(neuronpedia);
             }

@@ -3,7 +3,9 @@
 pub mod activations;
 pub mod eval;
 pub mod features;
+pub mod generate;
 pub mod list_saes;
+pub mod steer;
 
 use crate::cli::{ModelArgs, SaeArgs};
 use crate::hub::{self, HubClient, HubOptions, ModelFiles, ResolvedSae, SaeRequest};

@@ -85,8 +85,25 @@ pub struct Config {
     pub attention_bias: bool,
     pub max_position_embeddings: usize,
     pub bos_token_id: u32,
+    /// `eos_token_id`, a number or a list of them in `config.json` (Gemma's `<eos>` is 1);
+    /// empty when the config gives none.
+    pub eos_token_ids: Vec<u32>,
     /// The checkpoint's own dtype name (`float32`, `bfloat16`, ...), if it says.
     pub checkpoint_dtype: Option<String>,
+}
+
+/// `eos_token_id` as a number, a list of numbers or null.
+fn eos_ids(value: Option<&serde_json::Value>) -> anyhow::Result<Vec<u32>> {
+    let as_id = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .with_context(|| format!("eos_token_id holds {v}, not a token id"))
+    };
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(ids)) => ids.iter().map(as_id).collect(),
+        Some(v) => Ok(vec![as_id(v)?]),
+    }
 }
 
 impl Config {
@@ -252,6 +269,7 @@ impl Config {
             attention_bias: raw.attention_bias,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(8192),
             bos_token_id: raw.bos_token_id.unwrap_or(2),
+            eos_token_ids: eos_ids(raw.eos_token_id.as_ref())?,
             checkpoint_dtype: raw.dtype.or(raw.torch_dtype),
         })
     }

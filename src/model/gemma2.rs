@@ -70,10 +70,11 @@ impl Module for RmsNorm {
     }
 }
 
-/// Rotary position embedding tables (`cos`, `sin`: `[seq, head_dim / 2]`) computed in f32 as
-/// transformers does, then cast to the model dtype.
+/// Rotary position embedding tables (`cos`, `sin`: `[seq, head_dim / 2]`) for positions
+/// `offset..offset + seq_len`, computed in f32 as transformers does, then cast to the model dtype.
 fn rotary_tables(
     cfg: &Config,
+    offset: usize,
     seq_len: usize,
     dtype: DType,
     device: &Device,
@@ -85,7 +86,7 @@ fn rotary_tables(
         .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
         .collect();
     let mut freqs = Vec::with_capacity(seq_len * dim / 2);
-    for pos in 0..seq_len {
+    for pos in offset..offset + seq_len {
         freqs.extend(inv_freq.iter().map(|f| pos as f32 * f));
     }
     let freqs = Tensor::from_vec(freqs, (seq_len, dim / 2), device)?;
@@ -124,6 +125,29 @@ fn causal_mask(
     Tensor::from_vec(mask, (lengths.len(), 1, seq_len, seq_len), device)
 }
 
+/// The additive mask `[1, 1, new_len, offset + new_len]` for `new_len` queries at positions
+/// `offset..` over every key so far (the cached ones first): query at position `p` sees keys
+/// `p - window + 1..=p` on a sliding layer, `0..=p` on a global one.
+fn cached_mask(
+    offset: usize,
+    new_len: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let total = offset + new_len;
+    let mut mask = Vec::with_capacity(new_len * total);
+    for p in offset..total {
+        mask.extend((0..total).map(|j| {
+            if j <= p && window.is_none_or(|w| p - j < w) {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        }));
+    }
+    Tensor::from_vec(mask, (1, 1, new_len, total), device)
+}
+
 /// What every block needs to know about the sequences: rotary tables and both attention masks.
 #[derive(Debug, Clone)]
 pub struct SequenceContext {
@@ -144,12 +168,30 @@ impl SequenceContext {
     /// would unpadded.
     pub fn padded(cfg: &Config, lengths: &[usize], dtype: DType, device: &Device) -> Result<Self> {
         let seq_len = lengths.iter().copied().max().unwrap_or(0);
-        let (cos, sin) = rotary_tables(cfg, seq_len, dtype, device)?;
+        let (cos, sin) = rotary_tables(cfg, 0, seq_len, dtype, device)?;
         Ok(Self {
             cos,
             sin,
             global_mask: causal_mask(seq_len, lengths, None, device)?,
             sliding_mask: causal_mask(seq_len, lengths, Some(cfg.sliding_window), device)?,
+        })
+    }
+
+    /// One sequence continued with a [`KvCache`]: `new_len` tokens at positions
+    /// `offset..offset + new_len`, attending to the `offset` cached keys and to each other.
+    pub fn cached(
+        cfg: &Config,
+        offset: usize,
+        new_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (cos, sin) = rotary_tables(cfg, offset, new_len, dtype, device)?;
+        Ok(Self {
+            cos,
+            sin,
+            global_mask: cached_mask(offset, new_len, None, device)?,
+            sliding_mask: cached_mask(offset, new_len, Some(cfg.sliding_window), device)?,
         })
     }
 
@@ -198,6 +240,34 @@ impl Module for Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("checked above") = self.weight.dim(0)?;
         ys.reshape(out_dims)
+    }
+}
+
+/// Every layer's keys (rotated) and values so far, `[b, kv_heads, t, head_dim]` each, so that a
+/// new token runs through the blocks alone instead of with the whole sequence again. Sliding
+/// layers keep every key too; their mask hides the old ones.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Tokens cached so far: the position the next token takes.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -262,12 +332,15 @@ impl Attention {
             .reshape((b, kv * n_rep, t, d))
     }
 
+    /// With `cache`, the new keys and values are appended to the layer's cached ones and the
+    /// queries attend over all of them (the context's mask must cover them).
     pub fn forward(
         &self,
         xs: &Tensor,
         ctx: &SequenceContext,
         layer: usize,
         hook: &mut dyn Hook,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let q = self.split_heads(&self.q_proj.forward(xs)?, self.num_heads)?;
@@ -275,6 +348,19 @@ impl Attention {
         let v = self.split_heads(&self.v_proj.forward(xs)?, self.num_kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    None => (k, v),
+                    Some((old_k, old_v)) => {
+                        (Tensor::cat(&[old_k, k], 2)?, Tensor::cat(&[old_v, v], 2)?)
+                    }
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
         let k = self.repeat_kv(k)?.contiguous()?;
         let v = self.repeat_kv(v)?.contiguous()?;
 
@@ -363,11 +449,12 @@ impl DecoderBlock {
         xs: &Tensor,
         ctx: &SequenceContext,
         hook: &mut dyn Hook,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let layer = self.layer;
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook)?;
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook, cache)?;
         let hidden = (xs + self.post_attention_layernorm.forward(&attn)?)?;
         let mlp = self
             .mlp
@@ -583,7 +670,7 @@ impl Gemma2 {
         self.check_range(&layers)?;
         let mut xs = xs;
         for layer in layers {
-            xs = self.with_block(layer, |block| block.forward(&xs, ctx, hook))?;
+            xs = self.with_block(layer, |block| block.forward(&xs, ctx, hook, None))?;
         }
         Ok(xs)
     }
@@ -621,6 +708,44 @@ impl Gemma2 {
         let ctx = self.context(input_ids.dim(1)?)?;
         let xs = self.run_blocks(self.embed(input_ids)?, 0..self.n_blocks, &ctx, hook)?;
         self.logits(&xs)
+    }
+}
+
+impl Gemma2 {
+    /// A cache sized for this model, empty.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_hidden_layers)
+    }
+
+    /// The full forward pass over `input_ids` `[1, t]`, the tokens that follow those in `cache`
+    /// (positions `cache.len()..`), appending their keys and values to it. Returns the soft-capped
+    /// logits of the last token only, `[1, vocab]`: all that generation needs. The hook sees only
+    /// the new positions; the cached ones already carry whatever it did to them.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        hook: &mut dyn Hook,
+    ) -> Result<Tensor> {
+        let n = self.cfg.num_hidden_layers;
+        if self.n_blocks != n || self.blocks.len() != n {
+            candle_core::bail!("cached generation needs all {n} blocks resident (Parts::full)");
+        }
+        if cache.layers.len() != n {
+            candle_core::bail!("the cache has {} layers, the model {n}", cache.layers.len());
+        }
+        let (b, t) = input_ids.dims2()?;
+        if b != 1 || t == 0 {
+            candle_core::bail!("cached generation runs one sequence of at least one token");
+        }
+        let offset = cache.len();
+        let ctx = SequenceContext::cached(&self.cfg, offset, t, self.dtype, &self.device)?;
+        let mut xs = self.embed(input_ids)?;
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            xs = block.forward(&xs, &ctx, hook, Some(slot))?;
+        }
+        let last = xs.narrow(1, t - 1, 1)?;
+        self.logits(&last)?.squeeze(1)
     }
 }
 

@@ -6,7 +6,7 @@ pub mod hook;
 pub mod weights;
 
 pub use config::{AttentionKind, Config};
-pub use gemma2::{Gemma2, Parts, SequenceContext};
+pub use gemma2::{Gemma2, KvCache, Parts, SequenceContext};
 pub use hook::{Capture, Hook, HookPoint, NoHook, Site};
 
 use crate::hub::ModelFiles;
