@@ -10,24 +10,30 @@ try() {
 import sys
 p, a, b = sys.argv[1:]
 s = open(p).read()
-assert a in s, f"pattern not found: {a}"
+assert a in s, f"pattern not found in {p}: {a}"
 open(p, 'w').write(s.replace(a, b, 1))
 PY
-  if cargo test -q --test integration parity:: && cargo test -q --lib sae:: >/tmp/mut.log 2>&1; then
+  if { cargo test -q --test integration -- parity:: eval:: generate:: && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
     echo "MUTATION SURVIVED: $desc"
+    survived=1
   else
-    echo "caught: $desc ($(grep -c 'panicked' /tmp/mut.log) failing tests; first: $(grep -m1 -o 'relative error [0-9.e+-]*\|L0.*' /tmp/mut.log | head -c 80))"
+    echo "caught: $desc ($(grep -c -- '--- FAILED' /tmp/mut.log) failing tests)"
   fi
   git checkout -q -- "$file"
 }
+survived=0
 try "drop attention softcap" src/model/gemma2.rs "let scores = softcap(&scores, self.softcap)?;" "let scores = scores;"
 try "drop final logit softcap" src/model/gemma2.rs "softcap(&logits, self.cfg.final_logit_softcapping)" "Ok(logits)"
-try "swap sliding and global layers" src/model/config.rs "if i % 2 == 0 { AttentionKind::Sliding } else { AttentionKind::Global }" "if i % 2 == 1 { AttentionKind::Sliding } else { AttentionKind::Global }"
+try "swap sliding and global layers" src/model/config.rs "if i % 2 == 0 {" "if i % 2 == 1 {"
 try "swap sliding/global in layer_types" src/model/config.rs "\"sliding_attention\" => Ok(AttentionKind::Sliding)," "\"sliding_attention\" => Ok(AttentionKind::Global),"
-try "norm weight w instead of 1+w" src/model/gemma2.rs "Ok(Self { scale: (weight + 1.0)?, eps: eps as f32 })" "Ok(Self { scale: weight, eps: eps as f32 })"
+try "norm weight w instead of 1+w" src/model/gemma2.rs "scale: (weight + 1.0)?," "scale: weight,"
 try "scale by head_dim^-0.5" src/model/gemma2.rs "scale: cfg.query_pre_attn_scalar.powf(-0.5)," "scale: (cfg.head_dim as f64).powf(-0.5),"
-try "no embedding scale" src/model/gemma2.rs "rows.reshape((b, t, self.cfg.hidden_size))?.broadcast_mul(&normalizer)" "rows.reshape((b, t, self.cfg.hidden_size))"
+try "no embedding scale" src/model/gemma2.rs ".broadcast_mul(&normalizer)" ".broadcast_mul(&normalizer.ones_like()?)"
 try "window off by one" src/model/gemma2.rs "i - j < w" "i - j <= w"
 try "gelu erf instead of tanh" src/model/gemma2.rs "Activation::GeluTanh => gate.gelu()?," "Activation::GeluTanh => gate.gelu_erf()?,"
 try "threshold >= instead of >" src/sae.rs "let gate = pre.broadcast_gt(&self.threshold)?;" "let gate = pre.broadcast_ge(&self.threshold)?;"
 try "BOS counted in stats" src/pipeline.rs "for (row, row_hat) in x_rows.iter().zip(&x_hat).skip(1) {" "for (row, row_hat) in x_rows.iter().zip(&x_hat) {"
+try "BOS spliced in eval" src/eval.rs "(row % t == 0) as u8" "(row % t == usize::MAX) as u8"
+try "KL reversed" src/eval.rs ".map(|(&p, &q)| p.exp() * (p - q))" ".map(|(&p, &q)| q.exp() * (q - p))"
+try "clamp ignores the current activation" src/generate.rs "let coef = f.neg()?.broadcast_add(&self.strengths)?;" "let coef = f.zeros_like()?.broadcast_add(&self.strengths)?;"
+exit $survived
