@@ -26,10 +26,11 @@ pub enum NpyDtype {
 impl NpyDtype {
     fn parse(descr: &str) -> Result<Self> {
         // '<' little-endian, '|' not applicable, '=' native (little on every platform we build for).
-        let (order, code) = descr.split_at(1.min(descr.len()));
-        let code = match order {
-            "<" | "|" | "=" => code,
-            ">" => bail!("big-endian arrays ({descr}) are not supported"),
+        // The byte-order mark is one ASCII character; the rest of `descr` may be anything, so it
+        // is stripped as a char, never split at a byte index (a fuzzed 'Ē' once panicked here).
+        let code = match descr.chars().next() {
+            Some('<' | '|' | '=') => &descr[1..],
+            Some('>') => bail!("big-endian arrays ({descr}) are not supported"),
             _ => descr,
         };
         Ok(match code {
@@ -565,6 +566,16 @@ mod tests {
             &f32_bytes(&fortran),
         );
         assert_eq!(decode_f32_transposed(&f, &mut |_, _| {}).unwrap(), t);
+    }
+
+    #[test]
+    fn a_non_ascii_dtype_is_an_error_not_a_panic() {
+        // Found by `cargo fuzz run npz`: a descr starting with a multi-byte character.
+        let err = decode_f32(&npy("\u{112}f4", false, "(1,)", &[0; 4]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported dtype"), "{err}");
+        assert!(decode_f32(&npy("", false, "(1,)", &[0; 4])).is_err());
     }
 
     #[test]

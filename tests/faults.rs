@@ -481,3 +481,22 @@ fn activations_that_overflow_are_reported_with_the_layer_not_printed() {
     assert_fails_with(&out, "is not finite");
     assert!(stderr(&out).contains("layer 1 res"), "{}", stderr(&out));
 }
+
+#[test]
+fn inputs_the_fuzzers_found_are_errors_not_panics() {
+    // Each file under tests/fixtures/fuzz once crashed a `cargo fuzz` target (fuzz/).
+    let dir = fixture("fuzz");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("npz-") {
+            let out = features_on(&fixture("tiny"), path.to_str().unwrap());
+            assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+            assert!(
+                !stderr(&out).contains("panicked"),
+                "{name}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}
