@@ -82,6 +82,10 @@ pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
 #[track_caller]
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tolerance: f32) {
     let err = relative_error(actual, expected);
+    // `GEMSCOPE_PARITY_REPORT=1 cargo test -- --nocapture` lists every comparison's error.
+    if std::env::var_os("GEMSCOPE_PARITY_REPORT").is_some() {
+        eprintln!("parity {err:.3e} {what}");
+    }
     assert!(
         err <= tolerance,
         "{what}: relative error {err:.3e} exceeds {tolerance:.0e}"
