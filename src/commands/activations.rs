@@ -1,9 +1,9 @@
 //! `gemscope activations`: the hooked activations of one prompt as a float32 `.npy` `[tokens, width]`.
 
-use super::{check_layer, open_model};
+use super::{hook_point, open_model};
 use crate::cli::{select_device, HookArgs, ModelArgs};
 use crate::hub;
-use crate::model::{self, HookPoint, Parts};
+use crate::model::{self, Parts};
 use crate::output;
 use crate::pipeline;
 use crate::tokenizer::PromptTokenizer;
@@ -32,11 +32,7 @@ pub fn run(args: ActivationsArgs) -> Result<ExitCode> {
     let device = select_device(args.model.device)?;
     let (client, files) = open_model(&args.model)?;
     let cfg = &files.config;
-    check_layer(args.hook.layer, cfg)?;
-    let point = HookPoint {
-        layer: args.hook.layer,
-        site: args.hook.site,
-    };
+    let point = hook_point(&args.hook, cfg)?;
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
     let ids = tokenizer.encode(&args.prompt)?;
     let parts = Parts::through_layer(point.layer);

@@ -2,16 +2,16 @@
 //!
 //! Exit status: 0 when every gate holds, 1 when one fails (each named on stderr), 2 on errors.
 
-use super::{check_layer, check_sae_width, open_model, resolve_sae, sae_info};
-use crate::cli::{
-    device_name, dtype_name, select_device, ColorArg, HookArgs, ModelArgs, PromptArgs, SaeArgs,
+use super::{
+    check_sae_width, encode_prompts, hook_point, model_info, open_model, resolve_sae, sae_info,
 };
+use crate::cli::{dtype_name, select_device, ColorArg, HookArgs, ModelArgs, PromptArgs, SaeArgs};
 use crate::eval::{self, EvalMetrics, EvalSums};
 use crate::hub;
-use crate::model::{self, HookPoint, Parts};
+use crate::model::{self, Parts};
 use crate::output::{self, Style};
 use crate::report::{
-    BaselineComparison, BaselineRow, EvalReport, GateResult, HookInfo, ModelInfo, SCHEMA_VERSION,
+    BaselineComparison, BaselineRow, EvalReport, GateResult, HookInfo, SCHEMA_VERSION,
 };
 use crate::sae::{self, JumpReluSae, SaeParts};
 use crate::system::MemoryPlan;
@@ -233,31 +233,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let dtype = args.model.dtype.dtype();
     let (client, files) = open_model(&args.model)?;
     let cfg = &files.config;
-    check_layer(args.hook.layer, cfg)?;
-    let point = HookPoint {
-        layer: args.hook.layer,
-        site: args.hook.site,
-    };
+    let point = hook_point(&args.hook, cfg)?;
 
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
-    let mut encoded = Vec::with_capacity(prompts.len());
-    for (i, text) in prompts.iter().enumerate() {
-        let mut ids = tokenizer
-            .encode(text)
-            .with_context(|| format!("prompt {}", i + 1))?;
-        if let Some(max) = args.max_tokens {
-            ids.truncate(max);
-        }
-        let limit = cfg.max_position_embeddings;
-        ensure!(
-            ids.len() <= limit,
-            "prompt {} has {} tokens, more than the model's context of {limit} (use --max-tokens)",
-            i + 1,
-            ids.len()
-        );
-        ensure!(ids.len() >= 2, "prompt {} has no token after BOS", i + 1);
-        encoded.push(ids);
-    }
+    let encoded = encode_prompts(&tokenizer, &prompts, cfg, args.max_tokens)?;
 
     let resolved = resolve_sae(&client, &args.sae, &files, point)?;
     let (d_in, d_sae) = sae::read_dims(&resolved.path)?;
@@ -322,14 +301,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let report = EvalReport {
         schema_version: SCHEMA_VERSION,
         gemscope_version: env!("CARGO_PKG_VERSION"),
-        model: ModelInfo {
-            source: files.source.clone(),
-            revision: files.revision.clone(),
-            num_layers: cfg.num_hidden_layers,
-            hidden_size: cfg.hidden_size,
-            device: device_name(&device).to_string(),
-            dtype: dtype_name(dtype).to_string(),
-        },
+        model: model_info(&files, &device, dtype),
         sae: sae_info(&resolved, d_in, d_sae),
         hook: HookInfo {
             layer: point.layer,

@@ -1,14 +1,14 @@
 //! `gemscope features`: per-token SAE features and reconstruction statistics for prompts.
 
-use super::{check_layer, check_sae_width, open_model, resolve_sae, sae_info};
-use crate::cli::{
-    device_name, dtype_name, select_device, HookArgs, ModelArgs, OutputArgs, PromptArgs, SaeArgs,
+use super::{
+    check_sae_width, encode_prompts, hook_point, model_info, open_model, resolve_sae, sae_info,
 };
+use crate::cli::{dtype_name, select_device, HookArgs, ModelArgs, OutputArgs, PromptArgs, SaeArgs};
 use crate::hub;
-use crate::model::{self, HookPoint, Parts};
+use crate::model::{self, Parts};
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
-use crate::report::{FeaturesReport, HookInfo, ModelInfo, PromptLine, SCHEMA_VERSION};
+use crate::report::{FeaturesReport, HookInfo, PromptLine, SCHEMA_VERSION};
 use crate::sae::{self, JumpReluSae, SaeParts};
 use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
@@ -88,32 +88,11 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
     let dtype = args.model.dtype.dtype();
     let (client, files) = open_model(&args.model)?;
     let cfg = &files.config;
-    check_layer(args.hook.layer, cfg)?;
-    let point = HookPoint {
-        layer: args.hook.layer,
-        site: args.hook.site,
-    };
+    let point = hook_point(&args.hook, cfg)?;
 
     // Tokenize everything before any large download or load, so a bad prompt fails fast.
     let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
-    let encoded = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let ids = tokenizer
-                .encode(text)
-                .with_context(|| format!("prompt {}", i + 1))?;
-            let max = cfg.max_position_embeddings;
-            ensure!(
-                ids.len() <= max,
-                "prompt {} has {} tokens (BOS included), more than the model's context of {max}",
-                i + 1,
-                ids.len()
-            );
-            ensure!(ids.len() >= 2, "prompt {} has no token after BOS", i + 1);
-            Ok(ids)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let encoded = encode_prompts(&tokenizer, &prompts, cfg, None)?;
 
     let resolved = resolve_sae(&client, &args.sae, &files, point)?;
     let (d_in, d_sae) = sae::read_dims(&resolved.path)?;
@@ -146,14 +125,7 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
     let sae = JumpReluSae::load(&resolved.path, d_in, sae_parts, &device)?;
     let model = model::load(&files, parts, dtype, &device)?;
 
-    let model_info = ModelInfo {
-        source: files.source.clone(),
-        revision: files.revision.clone(),
-        num_layers: cfg.num_hidden_layers,
-        hidden_size: cfg.hidden_size,
-        device: device_name(&device).to_string(),
-        dtype: dtype_name(dtype).to_string(),
-    };
+    let model_info = model_info(&files, &device, dtype);
     let sae_info = sae_info(&resolved, d_in, d_sae);
     let hook = HookInfo {
         layer: point.layer,

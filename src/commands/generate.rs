@@ -1,14 +1,12 @@
 //! `gemscope generate`: continue a prompt with the whole model, streaming the text as it comes.
 
-use super::open_model;
-use crate::cli::{device_name, dtype_name, select_device, GenerationArgs, ModelArgs};
+use super::{model_info, open_model};
+use crate::cli::{dtype_name, select_device, GenerationArgs, ModelArgs};
 use crate::generate::{self, GenerateOptions, Generation};
 use crate::hub::{self, HubClient, ModelFiles};
-use crate::model::{self, Config, Gemma2, NoHook, Parts};
+use crate::model::{self, Gemma2, NoHook, Parts};
 use crate::output::{self, TextStream};
-use crate::report::{
-    Continuation, GenerateReport, ModelInfo, PromptInfo, SamplingInfo, SCHEMA_VERSION,
-};
+use crate::report::{Continuation, GenerateReport, PromptInfo, SamplingInfo, SCHEMA_VERSION};
 use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
 use anyhow::{ensure, Context, Result};
@@ -105,22 +103,6 @@ pub(crate) fn load_full_model(
     model::load(files, parts, dtype, device)
 }
 
-pub(crate) fn model_info(
-    files: &ModelFiles,
-    cfg: &Config,
-    device: &Device,
-    dtype: DType,
-) -> ModelInfo {
-    ModelInfo {
-        source: files.source.clone(),
-        revision: files.revision.clone(),
-        num_layers: cfg.num_hidden_layers,
-        hidden_size: cfg.hidden_size,
-        device: device_name(device).to_string(),
-        dtype: dtype_name(dtype).to_string(),
-    }
-}
-
 pub(crate) fn continuation(
     generation: &Generation,
     tokenizer: &PromptTokenizer,
@@ -161,7 +143,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let device = select_device(args.model.device)?;
     let dtype = args.model.dtype.dtype();
     let (client, files) = open_model(&args.model)?;
-    let cfg = files.config.clone();
+    let _cfg = files.config.clone();
     let prepared = prepare_prompt(&args.generation, &files)?;
     let model = load_full_model(&client, &files, dtype, &device, &[])?;
 
@@ -210,7 +192,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         let report = GenerateReport {
             schema_version: SCHEMA_VERSION,
             gemscope_version: env!("CARGO_PKG_VERSION"),
-            model: model_info(&files, &cfg, &device, dtype),
+            model: model_info(&files, &device, dtype),
             prompt: prepared.info,
             sampling: SamplingInfo {
                 sampling,

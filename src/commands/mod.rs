@@ -7,11 +7,66 @@ pub mod generate;
 pub mod list_saes;
 pub mod steer;
 
-use crate::cli::{ModelArgs, SaeArgs};
+use crate::cli::{device_name, dtype_name, HookArgs, ModelArgs, SaeArgs};
 use crate::hub::{self, HubClient, HubOptions, ModelFiles, ResolvedSae, SaeRequest};
 use crate::model::{Config, HookPoint, Site};
-use crate::report::{NeuronpediaInfo, SaeInfo};
-use anyhow::{bail, ensure, Result};
+use crate::report::{ModelInfo, NeuronpediaInfo, SaeInfo};
+use crate::tokenizer::PromptTokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device};
+
+/// The report's description of the model and where it ran.
+pub fn model_info(files: &ModelFiles, device: &Device, dtype: DType) -> ModelInfo {
+    ModelInfo {
+        source: files.source.clone(),
+        revision: files.revision.clone(),
+        num_layers: files.config.num_hidden_layers,
+        hidden_size: files.config.hidden_size,
+        device: device_name(device).to_string(),
+        dtype: dtype_name(dtype).to_string(),
+    }
+}
+
+/// The hook point `--layer`/`--site` name, with the layer checked against the model's depth.
+pub fn hook_point(args: &HookArgs, cfg: &Config) -> Result<HookPoint> {
+    check_layer(args.layer, cfg)?;
+    Ok(HookPoint {
+        layer: args.layer,
+        site: args.site,
+    })
+}
+
+/// Each prompt's token ids (BOS first), cut to `max_tokens` if given, checked to hold a token
+/// after BOS and to fit the model's context. Runs before anything large is loaded, so a bad
+/// prompt fails fast.
+pub fn encode_prompts(
+    tokenizer: &PromptTokenizer,
+    prompts: &[String],
+    cfg: &Config,
+    max_tokens: Option<usize>,
+) -> Result<Vec<Vec<u32>>> {
+    let limit = cfg.max_position_embeddings;
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut ids = tokenizer
+                .encode(text)
+                .with_context(|| format!("prompt {}", i + 1))?;
+            if let Some(max) = max_tokens {
+                ids.truncate(max);
+            }
+            ensure!(
+                ids.len() <= limit,
+                "prompt {} has {} tokens (BOS included), more than the model's context of {limit}",
+                i + 1,
+                ids.len()
+            );
+            ensure!(ids.len() >= 2, "prompt {} has no token after BOS", i + 1);
+            Ok(ids)
+        })
+        .collect()
+}
 
 /// Checks `--layer` against the model's depth.
 pub fn check_layer(layer: usize, cfg: &Config) -> Result<()> {

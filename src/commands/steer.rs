@@ -1,7 +1,8 @@
 //! `gemscope steer`: a continuation with SAE features written into the residual stream, beside
 //! the unsteered one.
 
-use super::generate::{continuation, load_full_model, model_info, note_speed, prepare_prompt};
+use super::generate::{continuation, load_full_model, note_speed, prepare_prompt};
+use super::model_info;
 use super::{check_layer, check_sae_width, open_model, resolve_sae, sae_info};
 use crate::cli::{select_device, ColorArg, GenerationArgs, ModelArgs, SaeArgs};
 use crate::generate::{self, GenerateOptions, SteerMode, Steering};
@@ -111,7 +112,7 @@ pub fn run(args: SteerArgs) -> Result<ExitCode> {
     let report = SteerReport {
         schema_version: SCHEMA_VERSION,
         gemscope_version: env!("CARGO_PKG_VERSION"),
-        model: model_info(&files, &cfg, &device, dtype),
+        model: model_info(&files, &device, dtype),
         sae: sae_info(&resolved, d_in, d_sae),
         hook: HookInfo {
             layer: point.layer,
