@@ -155,7 +155,7 @@ impl PromptArgs {
 
 /// The prompts of a prompts file: one per non-blank line (`\n` or `\r\n` endings), or, when the
 /// first non-blank line is a JSON object with a string `text`, one JSON object per line (JSONL,
-/// as datasets are exported) whose `text` is the prompt.
+/// as datasets are exported) whose `text` is the prompt. Blank prompts are skipped in both forms.
 pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()]
@@ -184,6 +184,7 @@ pub fn parse_prompt_lines(bytes: &[u8]) -> Result<Vec<String>> {
                 format!("line {} is not a JSON object with a string \"text\"", i + 1)
             })
         })
+        .filter(|text| !matches!(text, Ok(t) if t.trim().is_empty()))
         .collect()
 }
 
@@ -347,6 +348,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+        // Found by `cargo fuzz run prompts`: a blank JSONL text is skipped, as a blank line is.
+        assert_eq!(
+            parse_prompt_lines(b"{\"text\": \"\"}\n{\"text\": \"x\"}\n").unwrap(),
+            vec!["x"]
+        );
+        assert!(parse_prompt_lines(b"{\"text\": \"  \"}\n")
+            .unwrap()
+            .is_empty());
         // A text prompt that merely looks like code stays text.
         assert_eq!(parse_prompt_lines(b"{ x: 1 }\n").unwrap(), vec!["{ x: 1 }"]);
         let err = parse_prompt_lines(b"ok\n\xff\xfe").unwrap_err().to_string();
