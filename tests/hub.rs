@@ -642,22 +642,7 @@ fn a_cache_written_by_python_huggingface_hub_is_read_offline() {
 }
 
 fn list_saes(hub_url: &str, home: &Path, args: &[&str]) -> Output {
-    let mut cmd = bin();
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_CACHE",
-        "HF_HUB_OFFLINE",
-        "HF_TOKEN_PATH",
-        "XDG_CACHE_HOME",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HF_ENDPOINT", hub_url)
-        .env("HF_HOME", home)
-        .arg("list-saes")
-        .args(args);
-    cmd.stdin(Stdio::null()).output().unwrap()
+    gemscope_on_hub(hub_url, home, &[&["list-saes"], args].concat())
 }
 
 /// Runs `gemscope ARGS` against the fake hub, with a clean Hugging Face environment.
