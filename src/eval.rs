@@ -198,15 +198,16 @@ pub fn evaluate_batch(
         *slot |= f > 0.0;
     }
     let x_rows = x.to_vec2::<f32>()?;
+    // Before anything is pooled: an overflowed run must not reach the statistics.
+    for sequence in x_rows.chunks(t) {
+        crate::pipeline::ensure_finite(sequence, point)?;
+    }
     let x_hat_rows = x_hat.to_vec2::<f32>()?;
     for row in (0..b * t).filter(|&r| valid[r]) {
         sums.reconstruction.add(&x_rows[row], &x_hat_rows[row]);
         sums.cosine += cosine(&x_rows[row], &x_hat_rows[row]);
         sums.l0 += l0[row] as u64;
         sums.tokens += 1;
-    }
-    if let Some(v) = x_rows.iter().flatten().find(|v| !v.is_finite()) {
-        anyhow::bail!("the activation at layer {} {} is not finite ({v}); the model overflowed (try --dtype f32)", point.layer, point.site);
     }
 
     // The spliced and zero-ablated runs replace the site after BOS; BOS stays clean.

@@ -620,7 +620,7 @@ mod tests {
                 d_sae: 16,
                 neuronpedia: None,
             },
-            hook: HookInfo {
+            hook: crate::model::HookPoint {
                 layer: 1,
                 site: Site::Res,
             },

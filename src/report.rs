@@ -3,7 +3,7 @@
 use crate::generate::{Sampling, SteerMode};
 use crate::hub::Neuronpedia;
 use crate::metrics::{AggregateFeature, FeatureActivation};
-use crate::model::Site;
+use crate::model::HookPoint;
 use serde::Serialize;
 
 /// Bumped whenever a field of the JSON output changes meaning or disappears (adding fields does not).
@@ -97,12 +97,6 @@ impl From<AggregateFeature> for AggregateTopFeature {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct HookInfo {
-    pub layer: usize,
-    pub site: Site,
-}
-
 /// One token of a prompt and the features it lights up.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenReport {
@@ -165,7 +159,7 @@ pub struct FeaturesReport {
     pub gemscope_version: &'static str,
     pub model: ModelInfo,
     pub sae: SaeInfo,
-    pub hook: HookInfo,
+    pub hook: HookPoint,
     pub top_k: usize,
     pub prompts: Vec<PromptReport>,
 }
@@ -174,7 +168,7 @@ pub struct FeaturesReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct PromptLine<'a> {
     pub schema_version: u32,
-    pub hook: HookInfo,
+    pub hook: HookPoint,
     pub sae: &'a SaeInfo,
     #[serde(flatten)]
     pub prompt: &'a PromptReport,
@@ -221,7 +215,7 @@ pub struct EvalReport {
     pub gemscope_version: &'static str,
     pub model: ModelInfo,
     pub sae: SaeInfo,
-    pub hook: HookInfo,
+    pub hook: HookPoint,
     pub prompts: usize,
     pub batch_size: usize,
     pub max_tokens: Option<usize>,
@@ -302,7 +296,7 @@ pub struct SteerReport {
     pub model: ModelInfo,
     pub sae: SaeInfo,
     /// Where steering writes: the residual stream after block `layer`.
-    pub hook: HookInfo,
+    pub hook: HookPoint,
     pub layer: usize,
     pub mode: SteerMode,
     pub steering: Vec<SteeringEntry>,

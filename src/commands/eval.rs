@@ -10,9 +10,7 @@ use crate::eval::{self, EvalMetrics, EvalSums};
 use crate::hub;
 use crate::model::{self, Parts};
 use crate::output::{self, Style};
-use crate::report::{
-    BaselineComparison, BaselineRow, EvalReport, GateResult, HookInfo, SCHEMA_VERSION,
-};
+use crate::report::{BaselineComparison, BaselineRow, EvalReport, GateResult, SCHEMA_VERSION};
 use crate::sae::{self, JumpReluSae, SaeParts};
 use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
@@ -303,10 +301,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         gemscope_version: env!("CARGO_PKG_VERSION"),
         model: model_info(&files, &device, dtype),
         sae: sae_info(&resolved, d_in, d_sae),
-        hook: HookInfo {
-            layer: point.layer,
-            site: point.site,
-        },
+        hook: point,
         prompts: encoded.len(),
         batch_size: args.batch_size,
         max_tokens: args.max_tokens,

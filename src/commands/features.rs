@@ -8,7 +8,7 @@ use crate::hub;
 use crate::model::{self, Parts};
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
-use crate::report::{FeaturesReport, HookInfo, PromptLine, SCHEMA_VERSION};
+use crate::report::{FeaturesReport, PromptLine, SCHEMA_VERSION};
 use crate::sae::{self, JumpReluSae, SaeParts};
 use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
@@ -127,10 +127,6 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
 
     let model_info = model_info(&files, &device, dtype);
     let sae_info = sae_info(&resolved, d_in, d_sae);
-    let hook = HookInfo {
-        layer: point.layer,
-        site: point.site,
-    };
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -157,7 +153,7 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
             if args.output.jsonl {
                 let line = PromptLine {
                     schema_version: SCHEMA_VERSION,
-                    hook,
+                    hook: point,
                     sae: &sae_info,
                     prompt: &report,
                 };
@@ -174,7 +170,7 @@ pub fn run(args: FeaturesArgs) -> Result<ExitCode> {
             gemscope_version: env!("CARGO_PKG_VERSION"),
             model: model_info,
             sae: sae_info,
-            hook,
+            hook: point,
             top_k: args.top_k,
             prompts: reports,
         };

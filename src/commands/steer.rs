@@ -8,7 +8,7 @@ use crate::cli::{select_device, ColorArg, GenerationArgs, ModelArgs, SaeArgs};
 use crate::generate::{self, GenerateOptions, SteerMode, Steering};
 use crate::model::{HookPoint, NoHook, Site};
 use crate::output::{self, Style};
-use crate::report::{HookInfo, SamplingInfo, SteerReport, SteeringEntry, SCHEMA_VERSION};
+use crate::report::{SamplingInfo, SteerReport, SteeringEntry, SCHEMA_VERSION};
 use crate::sae::{self, JumpReluSae, SaeParts};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -114,10 +114,7 @@ pub fn run(args: SteerArgs) -> Result<ExitCode> {
         gemscope_version: env!("CARGO_PKG_VERSION"),
         model: model_info(&files, &device, dtype),
         sae: sae_info(&resolved, d_in, d_sae),
-        hook: HookInfo {
-            layer: point.layer,
-            site: point.site,
-        },
+        hook: point,
         layer: args.layer,
         mode: args.mode,
         steering: steering
