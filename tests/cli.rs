@@ -7,11 +7,11 @@ use crate::util::{
 use std::process::Stdio;
 
 fn tiny() -> String {
-    fixture("tiny").display().to_string()
+    crate::util::fixture_arg("tiny")
 }
 
 fn sae(file: &str) -> String {
-    fixture("tiny").join(file).display().to_string()
+    crate::util::fixture_arg(&format!("tiny/{file}"))
 }
 
 fn features(extra: &[&str]) -> std::process::Output {

@@ -164,23 +164,18 @@ fn the_same_seed_draws_the_same_tokens() {
     assert_ne!(draw(1), draw(2));
 }
 
-fn tiny_dir() -> String {
-    fixture("tiny").display().to_string()
-}
-
-fn sae_file() -> String {
-    fixture("tiny").join("sae_res_L1.npz").display().to_string()
-}
-
 fn generate_cli(extra: &[&str]) -> std::process::Output {
-    let model = tiny_dir();
+    let model = crate::util::fixture_arg("tiny");
     let mut args = vec!["generate", "--model", &model, "--device", "cpu"];
     args.extend_from_slice(extra);
     run(&args)
 }
 
 fn steer_cli(extra: &[&str]) -> std::process::Output {
-    let (model, sae) = (tiny_dir(), sae_file());
+    let (model, sae) = (
+        crate::util::fixture_arg("tiny"),
+        crate::util::fixture_arg("tiny/sae_res_L1.npz"),
+    );
     let mut args = vec![
         "steer", "--model", &model, "--sae", &sae, "--layer", "1", "--device", "cpu",
     ];
@@ -350,7 +345,10 @@ fn steer_shows_both_continuations_labelled() {
         doc["steered"]["text"].as_str().unwrap().trim().to_string(),
     );
     for columns in ["120", "40"] {
-        let (model, sae) = (tiny_dir(), sae_file());
+        let (model, sae) = (
+            crate::util::fixture_arg("tiny"),
+            crate::util::fixture_arg("tiny/sae_res_L1.npz"),
+        );
         let out = crate::util::bin()
             .env("COLUMNS", columns)
             .args([
@@ -434,7 +432,10 @@ fn steer_and_generate_refuse_bad_flags_in_one_line() {
 
 #[test]
 fn features_highlight_shades_or_marks_the_feature() {
-    let (model, sae) = (tiny_dir(), sae_file());
+    let (model, sae) = (
+        crate::util::fixture_arg("tiny"),
+        crate::util::fixture_arg("tiny/sae_res_L1.npz"),
+    );
     let base = [
         "features",
         "--model",

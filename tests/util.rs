@@ -11,6 +11,11 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A fixture path as a command-line argument.
+pub fn fixture_arg(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
 /// The outputs transformers recorded for one fixture model (`generate.py`).
 pub struct Reference {
     pub dir: PathBuf,
