@@ -675,17 +675,6 @@ impl Gemma2 {
         Ok(xs)
     }
 
-    /// The residual stream after block `layer` for `input_ids` `[b, t]`, stopping there.
-    pub fn residual_after(
-        &self,
-        input_ids: &Tensor,
-        layer: usize,
-        hook: &mut dyn Hook,
-    ) -> Result<Tensor> {
-        let ctx = self.context(input_ids.dim(1)?)?;
-        self.run_blocks(self.embed(input_ids)?, 0..layer + 1, &ctx, hook)
-    }
-
     /// Final norm, tied LM head and the `30 * tanh(z / 30)` soft-cap: `[b, t, vocab]`.
     pub fn logits(&self, xs: &Tensor) -> Result<Tensor> {
         let (Some(norm), Some(embed)) = (&self.norm, &self.embed_tokens) else {
