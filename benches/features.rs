@@ -163,7 +163,7 @@ fn main() {
             },
         ),
     ] {
-        let model = model::load(&files, parts, DType::F32, &device).unwrap();
+        let model = load_model(&files, parts, DType::F32, &device).unwrap();
         println!();
         println!("{mode} blocks");
         println!(
@@ -194,7 +194,15 @@ fn main() {
                     ids: &ids,
                     pieces: pieces.clone(),
                 };
-                pipeline::analyze(input, &x, &sae, point, 5).unwrap();
+                pipeline::analyze(
+                    input,
+                    &x,
+                    &pipeline::encode(&x, &sae).unwrap(),
+                    sae.d_sae(),
+                    point,
+                    5,
+                )
+                .unwrap();
                 // analyze encodes and decodes as above; what is left is the metrics' share.
                 t.metrics += start.elapsed().saturating_sub(encode);
                 t.encode += encode;
@@ -234,7 +242,7 @@ fn main() {
     // Generation: greedy tokens with the KV cache, the whole model resident; the per-token
     // speed should barely depend on the prompt's length.
     println!();
-    let full = model::load(&files, Parts::full(&files.config), DType::F32, &device).unwrap();
+    let full = load_model(&files, Parts::full(&files.config), DType::F32, &device).unwrap();
     let new_tokens = env_usize("GEMSCOPE_BENCH_NEW_TOKENS", 8);
     for len in [16usize, 256] {
         let ids: Vec<u32> = std::iter::once(2)
@@ -249,4 +257,15 @@ fn main() {
             g.tokens_per_second().unwrap_or(0.0)
         );
     }
+}
+
+/// Maps the checkpoint's weight files for `parts` and builds the model, as a job does.
+fn load_model(
+    files: &gemscope::hub::ModelFiles,
+    parts: Parts,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> anyhow::Result<gemscope::model::Gemma2> {
+    let paths = files.weight_files(parts)?;
+    model::load(&files.config, &paths, parts, dtype, device)
 }

@@ -1,4 +1,10 @@
-//! Command-line flags (clap derive) and turning them into validated choices: device, dtype, prompts, colour.
+//! Command-line flags (clap derive): the top-level parser, the global flags, and the option groups
+//! commands share (model, SAE, hook, prompts, output, generation). Each subcommand's own flags are
+//! in [`args`]. Turning flags into a validated plan happens in [`crate::commands::Job`].
+
+pub mod args;
+
+pub use args::*;
 
 use crate::model::Site;
 use anyhow::{bail, ensure, Context, Result};
@@ -14,24 +20,41 @@ use std::path::PathBuf;
     about = "Inspect Gemma 2 through Gemma Scope sparse autoencoders"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Flags every command takes: how much to say on stderr.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct GlobalArgs {
+    /// No notes and no progress bars on stderr (errors and failed gates are still printed).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also print how long each phase took (resolve, load, forward, encode, metrics, output) on stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Per-token SAE features, L0, variance explained and MSE for one or more prompts.
-    Features(crate::commands::features::FeaturesArgs),
+    Features(FeaturesArgs),
     /// Reconstruction quality over prompts (L0, variance explained, spliced CE loss, KL) with gates for CI.
-    Eval(crate::commands::eval::EvalArgs),
+    Eval(EvalArgs),
     /// Write the hooked activations of one prompt to a float32 .npy file [tokens, width].
-    Activations(crate::commands::activations::ActivationsArgs),
+    Activations(ActivationsArgs),
     /// List the Gemma Scope SAEs a release holds (layers, widths, L0s, canonical).
-    ListSaes(crate::commands::list_saes::ListSaesArgs),
+    ListSaes(ListSaesArgs),
     /// Continue a prompt with the model (KV-cached; greedy or sampled), streaming the text.
-    Generate(crate::commands::generate::GenerateArgs),
+    Generate(GenerateArgs),
     /// Continue a prompt with and without SAE features added to the residual stream, side by side.
-    Steer(crate::commands::steer::SteerArgs),
+    Steer(SteerArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) to standard output.
+    Completions(CompletionsArgs),
+    /// Print the gemscope(1) man page (roff) to standard output, or every page into a directory.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,7 +241,7 @@ pub struct GenerationArgs {
 
 impl GenerationArgs {
     /// The sampling settings, checked.
-    pub fn sampling(&self) -> Result<crate::generate::Sampling> {
+    pub fn sampling(&self) -> Result<crate::report::Sampling> {
         ensure!(
             self.max_new_tokens >= 1,
             "--max-new-tokens must be at least 1"
@@ -234,7 +257,7 @@ impl GenerationArgs {
             self.top_p
         );
         ensure!(!self.prompt.is_empty(), "the prompt is empty");
-        Ok(crate::generate::Sampling {
+        Ok(crate::report::Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
             seed: self.seed,
@@ -272,14 +295,9 @@ pub struct OutputArgs {
     pub color: ColorArg,
 }
 
-impl OutputArgs {
-    pub fn use_color(&self) -> bool {
-        self.color.enabled()
-    }
-}
-
 impl ColorArg {
     /// Whether to colour stdout: as asked, `auto` meaning a terminal; NO_COLOR always wins.
+    /// Read once, when the plan is made ([`crate::ui::Ui::style`]).
     pub fn enabled(self) -> bool {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         match self {
@@ -312,14 +330,6 @@ pub fn select_device(arg: DeviceArg) -> Result<Device> {
             }
             Ok(Device::Cpu)
         }
-    }
-}
-
-pub fn device_name(device: &Device) -> &'static str {
-    match device {
-        Device::Cpu => "cpu",
-        Device::Cuda(_) => "cuda",
-        Device::Metal(_) => "metal",
     }
 }
 

@@ -5,41 +5,11 @@
 //! through running sums, so the result does not depend on how prompts are batched.
 
 use crate::metrics::ReconstructionSums;
-use crate::model::{Capture, Gemma2, HookPoint, NoHook, SequenceContext};
+use crate::model::{Capture, Gemma2, HookPoint, NoHook, PaddedBatch};
+use crate::report::EvalMetrics;
 use crate::sae::JumpReluSae;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
-use serde::{Deserialize, Serialize};
-
-/// The metrics of `gemscope eval` (the `metrics` object of its JSON: a contract).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalMetrics {
-    /// Mean number of active features per non-BOS token.
-    pub mean_l0: f64,
-    /// `1 - mse / var(x)`, pooled over all non-BOS tokens and dimensions (unbiased variance).
-    pub variance_explained: f64,
-    pub mse: f64,
-    /// Mean over non-BOS tokens of `cos(x, x_hat)`.
-    pub cosine_similarity: f64,
-    /// Fraction of features that never fired on any non-BOS token.
-    pub dead_fraction: f64,
-    /// Non-BOS tokens seen.
-    pub tokens: u64,
-    /// Next-token predictions scored (every position but each prompt's last, BOS included).
-    pub predictions: u64,
-    /// Mean next-token cross-entropy of the unmodified model.
-    pub ce_loss_clean: f64,
-    /// ... with the site replaced by the SAE reconstruction at every non-BOS position.
-    pub ce_loss_spliced: f64,
-    /// ... with the site set to zero at every non-BOS position.
-    pub ce_loss_zero_ablation: f64,
-    /// `ce_loss_spliced - ce_loss_clean`.
-    pub delta_loss: f64,
-    /// `(zero_ablation - spliced) / (zero_ablation - clean)`: 1 is a perfect splice (SAELens' definition).
-    pub ce_loss_score: f64,
-    /// Mean KL(clean || spliced) of the next-token distributions.
-    pub kl_div: f64,
-}
 
 /// Running sums behind [`EvalMetrics`].
 #[derive(Debug, Clone)]
@@ -157,23 +127,18 @@ pub fn evaluate_batch(
         lengths.iter().all(|&n| n >= 2),
         "a prompt has no token after BOS"
     );
-    let (b, t) = (batch.len(), lengths.iter().copied().max().unwrap_or(0));
-    // Padding uses token 0; masked keys and ignored positions make its value irrelevant.
-    let padded: Vec<u32> = batch
-        .iter()
-        .flat_map(|ids| {
-            ids.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, t - ids.len()))
-        })
-        .collect();
-    let input = Tensor::from_vec(padded, (b, t), device)?;
-    let ctx = SequenceContext::padded(model.config(), &lengths, model.dtype(), device)?;
+    let padded = PaddedBatch::new(model, batch)?;
+    let (b, t, ctx) = (batch.len(), padded.longest(), &padded.ctx);
     let depth = model.loaded_blocks();
 
-    let below = model.run_blocks(model.embed(&input)?, 0..point.layer, &ctx, &mut NoHook)?;
+    let below = model.run_blocks(
+        model.embed(&padded.input)?,
+        0..point.layer,
+        ctx,
+        &mut NoHook,
+    )?;
     let mut capture = Capture::new(point);
-    let clean_top = model.run_blocks(below.clone(), point.layer..depth, &ctx, &mut capture)?;
+    let clean_top = model.run_blocks(below.clone(), point.layer..depth, ctx, &mut capture)?;
     let clean_logits = model.logits(&clean_top)?.to_dtype(DType::F32)?;
     let activation = capture.value.context("the hook point was never reached")?;
     let d = activation.dim(D::Minus1)?;
@@ -200,7 +165,7 @@ pub fn evaluate_batch(
     let x_rows = x.to_vec2::<f32>()?;
     // Before anything is pooled: an overflowed run must not reach the statistics.
     for sequence in x_rows.chunks(t) {
-        crate::pipeline::ensure_finite(sequence, point)?;
+        crate::metrics::ensure_finite(sequence, point)?;
     }
     let x_hat_rows = x_hat.to_vec2::<f32>()?;
     for row in (0..b * t).filter(|&r| valid[r]) {
@@ -225,7 +190,7 @@ pub fn evaluate_batch(
                 None
             })
         };
-        let top = model.run_blocks(below.clone(), point.layer..depth, &ctx, &mut hook)?;
+        let top = model.run_blocks(below.clone(), point.layer..depth, ctx, &mut hook)?;
         Ok(model.logits(&top)?.to_dtype(DType::F32)?)
     };
     let spliced_logits = run_with(&spliced)?;

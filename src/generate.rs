@@ -7,10 +7,12 @@
 //! computed from the already steered past.
 
 use crate::model::{Gemma2, Hook, HookPoint, Site};
+use crate::report::Continuation;
+pub use crate::report::{Sampling, SteerMode};
 use crate::sae::{FeatureEncoder, JumpReluSae};
+use crate::tokenizer::PromptTokenizer;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
-use serde::Serialize;
 use std::time::Instant;
 
 /// A small seeded generator (SplitMix64): the same seed draws the same tokens on every machine.
@@ -34,16 +36,6 @@ impl SplitMix64 {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Sampling {
-    /// 0: greedy (argmax, ties to the lowest id); otherwise softmax(logits / temperature).
-    pub temperature: f64,
-    /// Nucleus sampling: draw from the smallest set of most likely tokens whose mass is >= top_p.
-    pub top_p: f64,
-    pub seed: u64,
 }
 
 impl Sampling {
@@ -115,28 +107,6 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut SplitMix64) -> u32 
     }
     // Rounding left u at the very top: the last kept token.
     kept.last().map_or_else(|| argmax(logits), |&(id, _)| id)
-}
-
-/// How steering writes a feature into the residual stream.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum SteerMode {
-    /// Add `S * W_dec[F]` at every position.
-    Add,
-    /// Set the feature's activation to S: add `(S - f_F(x)) * W_dec[F]`, where `f_F(x)` is the
-    /// feature's JumpReLU activation on the incoming residual; the SAE's error term is untouched.
-    Clamp,
-}
-
-impl SteerMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            SteerMode::Add => "add",
-            SteerMode::Clamp => "clamp",
-        }
-    }
 }
 
 /// The steering hook: rewrites the residual stream after block `layer` at every position.
@@ -349,6 +319,26 @@ pub fn generate(
 /// The Gemma chat template for one user turn, ending where the model's turn begins.
 pub fn chat_prompt(prompt: &str) -> String {
     format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n")
+}
+
+impl Generation {
+    /// The report's view of this generation: ids, text (special tokens left out), why it stopped
+    /// and how fast it ran.
+    pub fn continuation(&self, tokenizer: &PromptTokenizer) -> Result<Continuation> {
+        Ok(Continuation {
+            generated_ids: self.ids.clone(),
+            text: tokenizer.decode(&self.ids)?,
+            stop_reason: if self.stop.is_some() {
+                "stop_token"
+            } else {
+                "max_new_tokens"
+            },
+            stop_token: self.stop,
+            prefill_seconds: self.prefill_seconds,
+            decode_seconds: self.decode_seconds,
+            tokens_per_second: self.tokens_per_second(),
+        })
+    }
 }
 
 #[cfg(test)]

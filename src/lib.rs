@@ -1,9 +1,14 @@
 //! gemscope: inspect Gemma 2 through Gemma Scope sparse autoencoders.
 //!
-//! The data path: prompt -> [`tokenizer`] -> [`model`] blocks 0..=L with a [`model::Hook`] ->
-//! [`sae`] encode/decode -> [`metrics`] -> one [`report`] struct -> [`output`] formatter.
-//! [`pipeline`] strings these together; [`commands`] wires them to the flags in [`cli`].
-//! [`generate`] runs the whole model autoregressively (KV cache, sampling, SAE steering).
+//! The data path: argv -> [`cli`] flags -> one validated plan ([`commands::Job`]) -> [`hub`]
+//! resolves the files -> [`model`] blocks 0..=L with a [`model::Hook`] -> [`sae`] encode/decode
+//! -> [`metrics`] -> one [`report`] struct -> an [`output`] view -> stdout or a file.
+//! [`pipeline`] strings the forward pass and the SAE together for prompts; [`eval`] splices the
+//! SAE into the model; [`generate`] runs the whole model autoregressively (KV cache, sampling,
+//! steering). [`ui`] owns stderr (notes, progress, `--verbose` timings).
+//!
+//! Dependencies point one way: `main -> cli/commands -> (hub, model, sae, pipeline, eval,
+//! generate) -> (metrics, report) -> output`; [`system`], [`npy`] and [`tokenizer`] are leaves.
 
 pub mod cli;
 pub mod commands;
@@ -19,6 +24,7 @@ pub mod report;
 pub mod sae;
 pub mod system;
 pub mod tokenizer;
+pub mod ui;
 
 use std::process::ExitCode;
 
@@ -26,13 +32,17 @@ use std::process::ExitCode;
 pub fn run() -> anyhow::Result<ExitCode> {
     use clap::Parser;
     let cli = cli::Cli::parse();
+    let ui = ui::Ui::new(cli.global);
+    use cli::Command;
     match cli.command {
-        cli::Command::Features(args) => commands::features::run(args),
-        cli::Command::Eval(args) => commands::eval::run(args),
-        cli::Command::Activations(args) => commands::activations::run(args),
-        cli::Command::ListSaes(args) => commands::list_saes::run(args),
-        cli::Command::Generate(args) => commands::generate::run(args),
-        cli::Command::Steer(args) => commands::steer::run(args),
+        Command::Features(args) => commands::features::run(args, ui),
+        Command::Eval(args) => commands::eval::run(args, ui),
+        Command::Activations(args) => commands::activations::run(args, ui),
+        Command::ListSaes(args) => commands::list_saes::run(args, ui),
+        Command::Generate(args) => commands::generate::run(args, ui),
+        Command::Steer(args) => commands::steer::run(args, ui),
+        Command::Completions(args) => commands::meta::completions(args),
+        Command::Man(args) => commands::meta::man(args),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Callers pass only the tokens that count: the BOS position is excluded before anything here
 //! sees the data, because the SAEs were not trained on it and it is a huge outlier.
 
+use crate::model::HookPoint;
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 /// One feature's activation at one token.
@@ -155,6 +157,22 @@ pub fn reconstruction(x: &[f32], x_hat: &[f32]) -> Option<Reconstruction> {
     let mut sums = ReconstructionSums::default();
     sums.add(x, x_hat);
     sums.finish()
+}
+
+/// Fails on the first NaN or infinity, naming the hook point and token: a model run in a
+/// narrow dtype can overflow, and its features would be garbage.
+pub fn ensure_finite(rows: &[Vec<f32>], point: HookPoint) -> Result<()> {
+    for (position, row) in rows.iter().enumerate() {
+        if let Some(v) = row.iter().find(|v| !v.is_finite()) {
+            bail!(
+                "the activation at layer {} {} is not finite ({v}) at token {position}; \
+                 the model overflowed (try --dtype f32)",
+                point.layer,
+                point.site
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! The data path from token ids to a prompt report: hooked forward pass, SAE encode/decode, metrics.
 
 use crate::metrics::{self, ReconstructionSums};
-use crate::model::{Capture, Gemma2, HookPoint, SequenceContext};
+use crate::model::{Capture, Gemma2, HookPoint, PaddedBatch};
 use crate::report::{PromptReport, TokenReport};
 use crate::sae::JumpReluSae;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
 
 /// The activation `[tokens, width]` at `point` for one prompt's ids (BOS included), in f32.
@@ -18,57 +18,26 @@ pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> 
 /// streamed block is read once for all of them, and every matmul sees all their tokens at once.
 /// Each prompt's activation is `[its tokens, width]`, as it would be run alone.
 pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> Result<Vec<Tensor>> {
-    let max = model.config().max_position_embeddings;
-    for ids in prompts {
-        ensure!(!ids.is_empty(), "no tokens to run");
-        ensure!(
-            ids.len() <= max,
-            "the prompt has {} tokens, more than the model's context of {max}",
-            ids.len()
-        );
-    }
-    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let longest = lengths.iter().copied().max().unwrap_or(0);
-    // Padding with token 0 is harmless: no real token attends to a padding position.
-    let padded: Vec<u32> = prompts
-        .iter()
-        .flat_map(|ids| {
-            ids.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, longest - ids.len()))
-        })
-        .collect();
-    let input = Tensor::from_vec(padded, (prompts.len(), longest), model.device())?;
-    let ctx = SequenceContext::padded(model.config(), &lengths, model.dtype(), model.device())?;
+    let batch = PaddedBatch::new(model, prompts)?;
     let mut hook = Capture::new(point);
     model
-        .run_blocks(model.embed(&input)?, 0..point.layer + 1, &ctx, &mut hook)
+        .run_blocks(
+            model.embed(&batch.input)?,
+            0..point.layer + 1,
+            &batch.ctx,
+            &mut hook,
+        )
         .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
-    let batch = hook
+    let captured = hook
         .value
         .context("the hook point was never reached")?
         .to_dtype(DType::F32)?;
-    lengths
+    batch
+        .lengths
         .iter()
         .enumerate()
-        .map(|(i, &n)| Ok(batch.get(i)?.narrow(0, 0, n)?.contiguous()?))
+        .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
         .collect()
-}
-
-/// Fails on the first NaN or infinity, naming the hook point and token: a model run in a
-/// narrow dtype can overflow, and its features would be garbage.
-pub fn ensure_finite(rows: &[Vec<f32>], point: HookPoint) -> Result<()> {
-    for (position, row) in rows.iter().enumerate() {
-        if let Some(v) = row.iter().find(|v| !v.is_finite()) {
-            bail!(
-                "the activation at layer {} {} is not finite ({v}) at token {position}; \
-                 the model overflowed (try --dtype f32)",
-                point.layer,
-                point.site
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Everything gemscope reports about one prompt, computed from its hooked activation `x`
@@ -80,25 +49,43 @@ pub struct PromptInput<'a> {
     pub pieces: Vec<String>,
 }
 
-/// Encodes the prompt's activations through the SAE and computes its statistics. BOS (position 0)
+/// What an SAE reads from one prompt's activation: the feature activations `[tokens, d_sae]` and,
+/// when the decoder is loaded, the reconstruction `[tokens, d_in]`.
+pub struct Encoded {
+    pub f: Tensor,
+    pub x_hat: Option<Tensor>,
+}
+
+/// Runs the SAE over a prompt's activation `x` `[tokens, d_in]` (encode, and decode when it can).
+pub fn encode(x: &Tensor, sae: &JumpReluSae) -> Result<Encoded> {
+    let f = sae.encode(x)?;
+    let x_hat = if sae.has_decoder() {
+        Some(sae.decode(&f)?)
+    } else {
+        None
+    };
+    Ok(Encoded { f, x_hat })
+}
+
+/// The prompt's statistics from its activation `x` and the SAE's reading of it. BOS (position 0)
 /// gets its features listed but is excluded from `mean_l0`, `mse`, `variance_explained` and the
 /// aggregate ranking.
 pub fn analyze(
     input: PromptInput<'_>,
     x: &Tensor,
-    sae: &JumpReluSae,
+    encoded: &Encoded,
+    d_sae: usize,
     point: HookPoint,
     top_k: usize,
 ) -> Result<PromptReport> {
     let x_rows = x.to_vec2::<f32>()?;
-    ensure_finite(&x_rows, point)?;
+    metrics::ensure_finite(&x_rows, point)?;
     ensure!(
         x_rows.len() >= 2,
         "prompt {} has no token after BOS",
         input.index + 1
     );
-    let f = sae.encode(x)?;
-    let f_rows = f.to_vec2::<f32>()?;
+    let f_rows = encoded.f.to_vec2::<f32>()?;
 
     let tokens: Vec<TokenReport> = f_rows
         .iter()
@@ -118,8 +105,8 @@ pub fn analyze(
     let counted = &tokens[1..];
     let mean_l0 = counted.iter().map(|t| t.l0 as f64).sum::<f64>() / counted.len() as f64;
 
-    let reconstruction = if sae.has_decoder() {
-        let x_hat = sae.decode(&f)?.to_vec2::<f32>()?;
+    let reconstruction = if let Some(x_hat) = &encoded.x_hat {
+        let x_hat = x_hat.to_vec2::<f32>()?;
         let mut sums = ReconstructionSums::default();
         for (row, row_hat) in x_rows.iter().zip(&x_hat).skip(1) {
             sums.add(row, row_hat);
@@ -129,7 +116,7 @@ pub fn analyze(
         None
     };
     let top_features =
-        metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), sae.d_sae(), top_k)
+        metrics::aggregate_top(f_rows.iter().skip(1).map(Vec::as_slice), d_sae, top_k)
             .into_iter()
             .map(Into::into)
             .collect();

@@ -130,6 +130,29 @@ pub fn read_dims(path: &Path) -> Result<(usize, usize)> {
 }
 
 impl JumpReluSae {
+    /// Bytes of the f32 parameters an SAE of this shape holds once loaded: the one formula every
+    /// memory plan uses.
+    pub fn param_bytes(d_in: usize, d_sae: usize, parts: SaeParts) -> u64 {
+        let (d_in, d_sae) = (d_in as u64, d_sae as u64);
+        let encoder = d_in * d_sae + 2 * d_sae;
+        let decoder = match parts {
+            SaeParts::EncoderOnly => 0,
+            SaeParts::EncoderDecoder => d_sae * d_in + d_in,
+        };
+        (encoder + decoder) * 4
+    }
+
+    /// Fails unless `feature` is one of an SAE's `d_sae` features; `name` is what the user wrote
+    /// (`--feature 7`, `--highlight 7`), so the message points at the flag.
+    pub fn check_feature(d_sae: usize, feature: usize, name: &str) -> Result<()> {
+        ensure!(
+            feature < d_sae,
+            "{name} {feature} does not exist: the SAE has {d_sae} features (0..={})",
+            d_sae.saturating_sub(1)
+        );
+        Ok(())
+    }
+
     /// Loads an SAE whose input width must be `d_in` (the hooked site's width).
     pub fn load(path: &Path, d_in: usize, parts: SaeParts, device: &Device) -> Result<Self> {
         let source = ParamSource::open(path)?;
@@ -232,12 +255,9 @@ impl JumpReluSae {
     }
 
     fn feature_index(&self, features: &[usize]) -> candle_core::Result<Tensor> {
-        if let Some(f) = features.iter().find(|&&f| f >= self.d_sae) {
-            candle_core::bail!(
-                "feature {f} does not exist: the SAE has {} features (0..={})",
-                self.d_sae,
-                self.d_sae - 1
-            );
+        for &f in features {
+            Self::check_feature(self.d_sae, f, "feature")
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
         let ids: Vec<u32> = features.iter().map(|&f| f as u32).collect();
         Tensor::from_vec(ids, features.len(), self.w_enc_t.device())

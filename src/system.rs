@@ -1,4 +1,5 @@
-//! What the machine has (available memory) and the memory plan a job is checked against before loading.
+//! What the machine has (available memory), the memory plan a job is checked against before
+//! loading, and the one way gemscope writes a file (atomically).
 
 use anyhow::{bail, Result};
 
@@ -87,6 +88,33 @@ impl MemoryPlan {
             gib(available)
         )
     }
+}
+
+/// Writes a file through a temporary file in the same directory, renamed into place once
+/// complete, so a failure never leaves a partial file that looks finished.
+pub fn write_file_atomically(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut writer = std::io::BufWriter::new(tmp.as_file_mut());
+        write(&mut writer)?;
+        writer.flush()?;
+        drop(writer);
+        tmp.as_file().sync_all()
+    })();
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

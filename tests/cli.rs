@@ -378,3 +378,101 @@ fn encode_only_gives_the_same_features_without_reconstruction_statistics() {
         stdout(&table)
     );
 }
+
+#[test]
+fn verbose_times_every_phase_and_quiet_silences_notes() {
+    let out = features(&["--verbose", "--json", "The Golden Gate Bridge is"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("gemscope: timings: "))
+        .unwrap_or_else(|| panic!("no timings line in {err:?}"));
+    for phase in [
+        "resolve", "load", "forward", "encode", "metrics", "output", "total",
+    ] {
+        assert!(
+            line.contains(&format!("{phase} ")),
+            "{phase} missing: {line}"
+        );
+    }
+    // The JSON on stdout is untouched by --verbose.
+    json_of(&out);
+
+    // activations writes a note; --quiet drops it, the file is still written.
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("x.npy");
+    let (model, npy_arg) = (tiny(), npy.display().to_string());
+    let base = [
+        "activations",
+        "--model",
+        &model,
+        "--layer",
+        "1",
+        "--out",
+        &npy_arg,
+        "Hello",
+    ];
+    let loud = run(&base);
+    assert!(loud.status.success(), "{}", stderr(&loud));
+    assert!(
+        stderr(&loud).contains("gemscope: note: wrote layer 1 res"),
+        "{}",
+        stderr(&loud)
+    );
+    std::fs::remove_file(&npy).unwrap();
+    let mut quiet_args = base.to_vec();
+    quiet_args.insert(1, "--quiet");
+    let quiet = run(&quiet_args);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "", "--quiet prints nothing on success");
+    assert!(npy.is_file());
+
+    let both = features(&["--quiet", "--verbose", "x"]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--quiet and --verbose conflict"
+    );
+}
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["features", "steer", "list-saes", "prompts-file"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let out = run(&["man"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH gemscope"),
+        "{page:.200}"
+    );
+    assert!(page.contains("features"), "{page:.400}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["man", "--out-dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in [
+        "gemscope",
+        "gemscope-features",
+        "gemscope-eval",
+        "gemscope-steer",
+    ] {
+        let page = std::fs::read_to_string(dir.path().join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e}"));
+        assert!(page.contains(".TH"), "{name}.1 is not a man page");
+    }
+    let features_page = std::fs::read_to_string(dir.path().join("gemscope-features.1")).unwrap();
+    assert!(
+        features_page.contains("highlight"),
+        "per-command pages list their flags"
+    );
+}

@@ -5,7 +5,7 @@ use crate::util::{assert_close_f64, fixture, json_of, run, stderr, stdout, Refer
 use candle_core::{DType, Device};
 use gemscope::eval::{evaluate_batch, EvalSums};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, HookPoint, Parts, Site};
+use gemscope::model::{HookPoint, Parts, Site};
 use gemscope::sae::{JumpReluSae, SaeParts};
 
 fn site_of(entry: &serde_json::Value) -> Site {
@@ -22,7 +22,8 @@ fn spliced_and_ablated_losses_match_transformers_at_every_batch_size() {
         let reference = Reference::load(name);
         let files = ModelFiles::from_dir(&reference.dir).unwrap();
         let model =
-            model::load(&files, Parts::full(&files.config), DType::F32, &Device::Cpu).unwrap();
+            crate::util::load_model(&files, Parts::full(&files.config), DType::F32, &Device::Cpu)
+                .unwrap();
         let prompts: Vec<Vec<u32>> = reference
             .prompts()
             .into_iter()

@@ -8,7 +8,7 @@ use crate::util::{
 use candle_core::{DType, Device};
 use gemscope::generate::{self, GenerateOptions, Generation, Sampling, SteerMode, Steering};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, Gemma2, Hook, NoHook, Parts};
+use gemscope::model::{Gemma2, Hook, NoHook, Parts};
 use gemscope::sae::{JumpReluSae, SaeParts};
 use gemscope::tokenizer::PromptTokenizer;
 use serde_json::Value;
@@ -18,7 +18,7 @@ const EOS: u32 = 1;
 fn tiny() -> (ModelFiles, Gemma2) {
     let files = ModelFiles::from_dir(&fixture("tiny")).unwrap();
     let parts = Parts::full(&files.config);
-    let model = model::load(&files, parts, DType::F32, &Device::Cpu).unwrap();
+    let model = crate::util::load_model(&files, parts, DType::F32, &Device::Cpu).unwrap();
     (files, model)
 }
 

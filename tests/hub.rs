@@ -132,7 +132,7 @@ fn model_downloads_into_the_python_layout_then_runs_from_cache_with_the_hub_stop
     );
 
     // The model loads from what was fetched.
-    gemscope::model::load(
+    crate::util::load_model(
         &files,
         parts,
         candle_core::DType::F32,

@@ -3,7 +3,7 @@
 use crate::util::{assert_close, assert_close_f64, Reference};
 use candle_core::{DType, Device, Tensor};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, Gemma2, HookPoint, Parts, Site};
+use gemscope::model::{Gemma2, HookPoint, Parts, Site};
 use gemscope::pipeline::{self, PromptInput};
 use gemscope::sae::{JumpReluSae, SaeParts};
 use gemscope::tokenizer::PromptTokenizer;
@@ -19,7 +19,8 @@ fn load(
 ) -> (ModelFiles, Gemma2) {
     let files = ModelFiles::from_dir(&crate::util::fixture(name)).unwrap();
     let parts = parts(&files.config);
-    let model = model::load(&files, parts, dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
+    let model = crate::util::load_model(&files, parts, dtype, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     (files, model)
 }
 
@@ -239,7 +240,8 @@ fn sae_activations_reconstructions_and_statistics_match_the_reference() {
                         pieces,
                     },
                     &x,
-                    &sae,
+                    &pipeline::encode(&x, &sae).unwrap(),
+                    sae.d_sae(),
                     point,
                     top_k,
                 )
@@ -402,7 +404,9 @@ fn hub_style_config_without_layer_types_gives_the_same_model() {
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
 
     let files = ModelFiles::from_dir(dir.path()).unwrap();
-    let model = model::load(&files, Parts::full(&files.config), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        crate::util::load_model(&files, Parts::full(&files.config), DType::F32, &Device::Cpu)
+            .unwrap();
     let (i, (_, ids)) = reference
         .prompts()
         .into_iter()
@@ -487,7 +491,8 @@ fn a_bf16_checkpoint_stays_bf16_on_disk_and_computes_in_f32() {
     );
 
     let files = ModelFiles::from_dir(dir.path()).unwrap();
-    let model = model::load(&files, Parts::through_layer(3), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        crate::util::load_model(&files, Parts::through_layer(3), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.dtype(), DType::F32);
     let (_, ids) = &reference.prompts()[1];
     let x = flat(

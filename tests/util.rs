@@ -173,3 +173,14 @@ pub fn assert_fails_with(out: &Output, needle: &str) {
         "{err}"
     );
 }
+
+/// Maps a fixture checkpoint's weight files for `parts` and builds the model, as a job does.
+pub fn load_model(
+    files: &gemscope::hub::ModelFiles,
+    parts: gemscope::model::Parts,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> anyhow::Result<gemscope::model::Gemma2> {
+    let paths = files.weight_files(parts)?;
+    gemscope::model::load(&files.config, &paths, parts, dtype, device)
+}

@@ -2,77 +2,20 @@
 //!
 //! Exit status: 0 when every gate holds, 1 when one fails (each named on stderr), 2 on errors.
 
-use super::{
-    check_sae_width, encode_prompts, hook_point, model_info, open_model, resolve_sae, sae_info,
+use super::{stdout, Job};
+use crate::cli::EvalArgs;
+use crate::eval::{self, EvalSums};
+use crate::model::Parts;
+use crate::output;
+use crate::report::{
+    BaselineComparison, BaselineRow, EvalMetrics, EvalReport, GateResult, SCHEMA_VERSION,
 };
-use crate::cli::{dtype_name, select_device, ColorArg, HookArgs, ModelArgs, PromptArgs, SaeArgs};
-use crate::eval::{self, EvalMetrics, EvalSums};
-use crate::hub;
-use crate::model::{self, Parts};
-use crate::output::{self, Style};
-use crate::report::{BaselineComparison, BaselineRow, EvalReport, GateResult, SCHEMA_VERSION};
-use crate::sae::{self, JumpReluSae, SaeParts};
-use crate::system::MemoryPlan;
-use crate::tokenizer::PromptTokenizer;
+use crate::sae::SaeParts;
+use crate::ui::Ui;
 use anyhow::{ensure, Context, Result};
-use clap::Args;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub sae: SaeArgs,
-    #[command(flatten)]
-    pub hook: HookArgs,
-    #[command(flatten)]
-    pub prompts: PromptArgs,
-    /// Truncate each prompt to N tokens (BOS included).
-    #[arg(long, value_name = "N")]
-    pub max_tokens: Option<usize>,
-    /// Use only the first N prompts.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Prompts run together, right-padded; the result does not depend on it.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub batch_size: usize,
-    /// Fail when ce_loss_spliced - ce_loss_clean exceeds X.
-    #[arg(long, value_name = "X")]
-    pub max_delta_loss: Option<f64>,
-    /// Fail when variance explained is below X.
-    #[arg(long, value_name = "X")]
-    pub min_variance_explained: Option<f64>,
-    /// Fail when the mean L0 exceeds X.
-    #[arg(long, value_name = "X")]
-    pub max_mean_l0: Option<f64>,
-    /// Fail when the mean L0 is below X.
-    #[arg(long, value_name = "X")]
-    pub min_mean_l0: Option<f64>,
-    /// Fail when the CE loss score is below X.
-    #[arg(long, value_name = "X")]
-    pub min_ce_loss_score: Option<f64>,
-    /// Fail when KL(clean || spliced) exceeds X.
-    #[arg(long, value_name = "X")]
-    pub max_kl_div: Option<f64>,
-    /// Compare with a report saved by --save: fail when a metric is worse by more than --tolerance.
-    #[arg(long, value_name = "FILE")]
-    pub baseline: Option<PathBuf>,
-    /// Relative worsening allowed against --baseline (0.05 = 5%).
-    #[arg(long, value_name = "T", default_value_t = 0.05, requires = "baseline")]
-    pub tolerance: f64,
-    /// Also write the JSON report to FILE (for a later --baseline).
-    #[arg(long, value_name = "FILE")]
-    pub save: Option<PathBuf>,
-    /// Print the JSON report instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Colour in the table; NO_COLOR, when set, always turns it off.
-    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
-    pub color: ColorArg,
-}
 
 /// Metrics a baseline comparison checks, and which way is better. `mean_l0` and the clean loss
 /// describe the SAE and the model rather than a quality, so they are shown but not gated.
@@ -214,7 +157,7 @@ fn compare_with_baseline(
     Ok((comparison, gates))
 }
 
-pub fn run(args: EvalArgs) -> Result<ExitCode> {
+pub fn run(args: EvalArgs, ui: Ui) -> Result<ExitCode> {
     let mut prompts = args.prompts.collect()?;
     if let Some(limit) = args.limit {
         ensure!(limit >= 1, "--limit must be at least 1");
@@ -227,63 +170,47 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             "--max-tokens must be at least 2 (BOS and one token)"
         );
     }
-    let device = select_device(args.model.device)?;
-    let dtype = args.model.dtype.dtype();
-    let (client, files) = open_model(&args.model)?;
-    let cfg = &files.config;
-    let point = hook_point(&args.hook, cfg)?;
+    let style = ui.style(args.color);
+    let job = Job::open(&args.model, ui)?;
+    let point = job.hook_point(&args.hook)?;
+    let tokenizer = job.tokenizer()?;
+    let encoded = job.encode_prompts(&tokenizer, &prompts, args.max_tokens)?;
+    let sae_plan = job.sae(&args.sae, point)?;
 
-    let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
-    let encoded = encode_prompts(&tokenizer, &prompts, cfg, args.max_tokens)?;
-
-    let resolved = resolve_sae(&client, &args.sae, &files, point)?;
-    let (d_in, d_sae) = sae::read_dims(&resolved.path)?;
-    check_sae_width(d_in, point.site, cfg)?;
-
+    // The whole model and the SAE, and three sets of logits (clean, spliced, zero-ablated) for a batch.
+    let parts = Parts::full(job.config());
+    let mut plan = job.memory_plan(parts);
+    sae_plan.add_to(&mut plan, SaeParts::EncoderDecoder, false);
     let longest = encoded.iter().map(Vec::len).max().unwrap_or(0) as u64;
     let batch = args.batch_size.min(encoded.len()) as u64;
-    let mut plan = MemoryPlan::default();
-    let bytes = dtype.size_in_bytes() as u64;
-    let blocks = cfg.block_parameters() * cfg.num_hidden_layers as u64 * bytes;
-    plan.add(
-        format!("the whole model in {}", dtype_name(dtype)),
-        blocks + (cfg.vocab_size * cfg.hidden_size) as u64 * bytes,
-    );
-    plan.add("SAE", 2 * (d_in * d_sae) as u64 * 4);
-    plan.add("logits", 3 * batch * longest * cfg.vocab_size as u64 * 4);
+    let vocab = job.config().vocab_size as u64;
+    plan.add("logits", 3 * batch * longest * vocab * 4);
     plan.saving(
         "a smaller --batch-size",
-        3 * (batch - 1) * longest * cfg.vocab_size as u64 * 4,
+        3 * (batch - 1) * longest * vocab * 4,
     );
-    if dtype == candle_core::DType::F32 {
-        plan.saving("--dtype bf16", blocks / 2);
-    }
-    plan.check_available()?;
-
-    let parts = Parts::full(cfg);
-    hub::fetch_weights(&client, &files, parts)?;
-    let sae = JumpReluSae::load(&resolved.path, d_in, SaeParts::EncoderDecoder, &device)?;
-    let model = model::load(&files, parts, dtype, &device)?;
+    let model = job.load_model(parts, &plan)?;
+    let sae = sae_plan.load(&job.ui, SaeParts::EncoderDecoder, &job.device)?;
+    let ui = &job.ui;
 
     // Longest first, so each batch pads little; the pooled result does not depend on the order.
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
     let total_tokens: u64 = encoded.iter().map(|ids| ids.len() as u64).sum();
-    let progress = indicatif::ProgressBar::new(total_tokens).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} eval [{bar:30}] {pos}/{len} tokens, {per_sec}, ETA {eta}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+    let progress = ui.progress(
+        total_tokens,
+        "{spinner} eval [{bar:30}] {pos}/{len} tokens, {per_sec}, ETA {eta}",
     );
-    let mut sums = EvalSums::new(d_sae);
+    let mut sums = EvalSums::new(sae_plan.d_sae);
     for chunk in order.chunks(args.batch_size) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].clone()).collect();
-        eval::evaluate_batch(&model, &sae, point, &batch, &mut sums)?;
+        ui.phase("forward", || {
+            eval::evaluate_batch(&model, &sae, point, &batch, &mut sums)
+        })?;
         progress.inc(batch.iter().map(|ids| ids.len() as u64).sum());
     }
     progress.finish_and_clear();
-    let metrics = sums.finish()?;
+    let metrics = ui.phase("metrics", || sums.finish())?;
 
     let mut gates = threshold_gates(&args, &metrics);
     let baseline = match &args.baseline {
@@ -299,8 +226,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let report = EvalReport {
         schema_version: SCHEMA_VERSION,
         gemscope_version: env!("CARGO_PKG_VERSION"),
-        model: model_info(&files, &device, dtype),
-        sae: sae_info(&resolved, d_in, d_sae),
+        model: job.model_info(),
+        sae: sae_plan.info(),
         hook: point,
         prompts: encoded.len(),
         batch_size: args.batch_size,
@@ -311,23 +238,20 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         passed,
     };
 
-    if let Some(path) = &args.save {
-        output::write_file_atomically(path, |w| output::write_json(w, &report))?;
-    }
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    if args.json {
-        output::write_json(&mut out, &report)?;
-    } else {
-        let color = crate::cli::OutputArgs {
-            json: false,
-            jsonl: false,
-            color: args.color,
+    ui.phase("output", || -> Result<()> {
+        if let Some(path) = &args.save {
+            crate::system::write_file_atomically(path, |w| output::json::write_json(w, &report))?;
         }
-        .use_color();
-        output::write_eval_table(&mut out, &report, Style { color })?;
-    }
-    out.flush()?;
+        let mut out = stdout();
+        if args.json {
+            output::json::write_json(&mut out, &report)?;
+        } else {
+            output::eval::write_eval_table(&mut out, &report, style)?;
+        }
+        out.flush()?;
+        Ok(())
+    })?;
+    ui.report_phases();
     for g in report.gates.iter().filter(|g| !g.passed) {
         eprintln!(
             "gemscope: gate failed: {}: {} is {:.6}, needs {} {}",

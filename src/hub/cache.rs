@@ -10,7 +10,6 @@
 //!     .gemscope/listing-<revision>.json             gemscope's cached file listing (not Python's)
 //! ```
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The cache folder of one model repo (`<cache>/models--org--name`).
@@ -27,16 +26,12 @@ pub fn is_commit_hash(revision: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Writes `bytes` to a temporary file next to `path` and renames it into place, so a reader
-/// never sees a half-written file.
+/// Writes `bytes` atomically (see [`crate::system::write_file_atomically`]), creating the cache
+/// directories it needs.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    crate::system::write_file_atomically(path, |w| w.write_all(bytes))
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 
 impl RepoCache {

@@ -1,8 +1,10 @@
 //! Finding a model's files (config, tokenizer and only the weight shards a job needs), locally or on the Hugging Face Hub.
 
 pub mod cache;
+pub mod catalog;
 pub mod client;
 pub mod models;
+pub mod options;
 pub mod saes;
 
 pub use client::{HubClient, HubError, HubOptions};

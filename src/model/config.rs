@@ -279,6 +279,23 @@ impl Config {
         self.num_attention_heads * self.head_dim
     }
 
+    /// Bytes the weights of `parts` take in memory in `dtype`: every block and the embedding when
+    /// resident, one block at a time when streamed (the embedding rows are read from the mapped
+    /// file then).
+    pub fn weight_bytes(&self, parts: super::Parts, dtype: candle_core::DType) -> u64 {
+        let bytes = dtype.size_in_bytes() as u64;
+        if parts.resident {
+            let embedding = if parts.head {
+                (self.vocab_size * self.hidden_size) as u64 * bytes
+            } else {
+                0
+            };
+            self.block_parameters() * parts.blocks as u64 * bytes + embedding
+        } else {
+            self.block_parameters() * bytes
+        }
+    }
+
     /// Number of weights in one decoder block.
     pub fn block_parameters(&self) -> u64 {
         let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);

@@ -1,13 +1,63 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
-use crate::generate::{Sampling, SteerMode};
-use crate::hub::Neuronpedia;
 use crate::metrics::{AggregateFeature, FeatureActivation};
-use crate::model::HookPoint;
-use serde::Serialize;
+use crate::model::{HookPoint, Site};
+use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a field of the JSON output changes meaning or disappears (adding fields does not).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A Neuronpedia page set: `https://www.neuronpedia.org/{model}/{sae_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Neuronpedia {
+    /// `gemma-2-2b`, `gemma-2-9b`, `gemma-2-9b-it` or `gemma-2-27b`: the model the SAEs were
+    /// trained on.
+    pub model: String,
+    /// `{layer}-gemmascope-{site}-{width}`, e.g. `20-gemmascope-res-16k`.
+    pub sae_id: String,
+}
+
+impl Neuronpedia {
+    /// The page of one feature.
+    pub fn url(&self, feature: u32) -> String {
+        format!(
+            "https://www.neuronpedia.org/{}/{}/{feature}",
+            self.model, self.sae_id
+        )
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sampling {
+    /// 0: greedy (argmax, ties to the lowest id); otherwise softmax(logits / temperature).
+    pub temperature: f64,
+    /// Nucleus sampling: draw from the smallest set of most likely tokens whose mass is >= top_p.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+/// How steering writes a feature into the residual stream.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SteerMode {
+    /// Add `S * W_dec[F]` at every position.
+    Add,
+    /// Set the feature's activation to S: add `(S - f_F(x)) * W_dec[F]`, where `f_F(x)` is the
+    /// feature's JumpReLU activation on the incoming residual; the SAE's error term is untouched.
+    Clamp,
+}
+
+impl SteerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SteerMode::Add => "add",
+            SteerMode::Clamp => "clamp",
+        }
+    }
+}
 
 /// Where the model came from and what was run.
 #[derive(Debug, Clone, Serialize)]
@@ -219,7 +269,7 @@ pub struct EvalReport {
     pub prompts: usize,
     pub batch_size: usize,
     pub max_tokens: Option<usize>,
-    pub metrics: crate::eval::EvalMetrics,
+    pub metrics: EvalMetrics,
     pub gates: Vec<GateResult>,
     pub baseline: Option<BaselineComparison>,
     /// True when every gate passed: the exit status is 0 exactly then.
@@ -306,4 +356,60 @@ pub struct SteerReport {
     /// Without steering, same sampling settings and seed.
     pub baseline: Continuation,
     pub steered: Continuation,
+}
+#[derive(Debug, Clone, Serialize)]
+/// The output of `gemscope list-saes --json`.
+pub struct SaeListing {
+    pub schema_version: u32,
+    pub release: String,
+    /// The commit the listing describes.
+    pub revision: String,
+    /// The model named with --model; absent with --release.
+    pub model: Option<String>,
+    pub site: Option<Site>,
+    /// The Neuronpedia model id, for a Gemma Scope release.
+    pub neuronpedia_model: Option<String>,
+    pub saes: Vec<SaeListingRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+/// One SAE of a release.
+pub struct SaeListingRow {
+    pub layer: usize,
+    pub width: String,
+    pub l0: u32,
+    pub canonical: bool,
+    pub path: String,
+    /// Neuronpedia's SAE id, for the canonical SAE of a Gemma Scope release.
+    pub neuronpedia_id: Option<String>,
+}
+
+/// The metrics of `gemscope eval` (the `metrics` object of its JSON: a contract).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Mean number of active features per non-BOS token.
+    pub mean_l0: f64,
+    /// `1 - mse / var(x)`, pooled over all non-BOS tokens and dimensions (unbiased variance).
+    pub variance_explained: f64,
+    pub mse: f64,
+    /// Mean over non-BOS tokens of `cos(x, x_hat)`.
+    pub cosine_similarity: f64,
+    /// Fraction of features that never fired on any non-BOS token.
+    pub dead_fraction: f64,
+    /// Non-BOS tokens seen.
+    pub tokens: u64,
+    /// Next-token predictions scored (every position but each prompt's last, BOS included).
+    pub predictions: u64,
+    /// Mean next-token cross-entropy of the unmodified model.
+    pub ce_loss_clean: f64,
+    /// ... with the site replaced by the SAE reconstruction at every non-BOS position.
+    pub ce_loss_spliced: f64,
+    /// ... with the site set to zero at every non-BOS position.
+    pub ce_loss_zero_ablation: f64,
+    /// `ce_loss_spliced - ce_loss_clean`.
+    pub delta_loss: f64,
+    /// `(zero_ablation - spliced) / (zero_ablation - clean)`: 1 is a perfect splice (SAELens' definition).
+    pub ce_loss_score: f64,
+    /// Mean KL(clean || spliced) of the next-token distributions.
+    pub kl_div: f64,
 }

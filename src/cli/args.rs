@@ -1,0 +1,194 @@
+//! Each subcommand's own flags, built from the shared option groups of [`super`]: plain data
+//! that the commands turn into a plan. Nothing here runs anything.
+
+use super::{ColorArg, GenerationArgs, HookArgs, ModelArgs, OutputArgs, PromptArgs, SaeArgs};
+use crate::hub::models::DEFAULT_MODEL;
+use crate::model::Site;
+use crate::report::SteerMode;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// Features listed per token and in each prompt's aggregate ranking.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top_k: usize,
+    /// Load only the SAE encoder (W_enc, b_enc, threshold): half the SAE's memory, for very wide
+    /// SAEs; variance explained and MSE are then not computed (null in JSON).
+    #[arg(long)]
+    pub encode_only: bool,
+    /// Also print each prompt with its tokens shaded by feature F's activation relative to the
+    /// prompt's max (with --color never, active tokens are marked `[token:1.23]`).
+    #[arg(long, value_name = "F")]
+    pub highlight: Option<usize>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    /// Truncate each prompt to N tokens (BOS included).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Use only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Prompts run together, right-padded; the result does not depend on it.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    /// Fail when ce_loss_spliced - ce_loss_clean exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_delta_loss: Option<f64>,
+    /// Fail when variance explained is below X.
+    #[arg(long, value_name = "X")]
+    pub min_variance_explained: Option<f64>,
+    /// Fail when the mean L0 exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_mean_l0: Option<f64>,
+    /// Fail when the mean L0 is below X.
+    #[arg(long, value_name = "X")]
+    pub min_mean_l0: Option<f64>,
+    /// Fail when the CE loss score is below X.
+    #[arg(long, value_name = "X")]
+    pub min_ce_loss_score: Option<f64>,
+    /// Fail when KL(clean || spliced) exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_kl_div: Option<f64>,
+    /// Compare with a report saved by --save: fail when a metric is worse by more than --tolerance.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Relative worsening allowed against --baseline (0.05 = 5%).
+    #[arg(long, value_name = "T", default_value_t = 0.05, requires = "baseline")]
+    pub tolerance: f64,
+    /// Also write the JSON report to FILE (for a later --baseline).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the table; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivationsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// Output file (.npy, float32, shape [tokens, width], the BOS row first).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The prompt (BOS is prepended).
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListSaesArgs {
+    /// Model whose Gemma Scope release to list: a hub id (google/gemma-2-9b) or a directory named
+    /// after one.
+    #[arg(long, value_name = "ID", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// List this release repo instead of the model's (e.g. google/gemma-scope-2b-pt-mlp).
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["model", "site"])]
+    pub release: Option<String>,
+    /// Only this zero-indexed layer.
+    #[arg(long, value_name = "N")]
+    pub layer: Option<usize>,
+    /// Site whose release to list: res, mlp or att.
+    #[arg(long, value_enum, default_value_t = Site::Res)]
+    pub site: Site,
+    /// Only this width (16k, 65k, 1m, ...).
+    #[arg(long, value_name = "WIDTH")]
+    pub width: Option<String>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Use only the local cache, as HF_HUB_OFFLINE=1 does.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Print one JSON document at the end instead of streaming the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    /// Zero-indexed layer whose output (the residual stream after block N) is steered; the SAE
+    /// is the residual-stream SAE of that layer.
+    #[arg(long, value_name = "N")]
+    pub layer: usize,
+    /// SAE feature to steer with; repeat for several, each with its own --strength.
+    #[arg(long, value_name = "F")]
+    pub feature: Vec<usize>,
+    /// Strength of the matching --feature (negative values push away from it).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub strength: Vec<f32>,
+    /// add: add S * W_dec[F] at every position; clamp: set the feature's activation to S at
+    /// every position by adding (S - f_F(x)) * W_dec[F], leaving the SAE error untouched.
+    #[arg(long, value_enum, default_value_t = SteerMode::Add)]
+    pub mode: SteerMode,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Print one JSON document instead of the side-by-side view.
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the side-by-side view; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+/// The shells `gemscope completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+    Elvish,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write one page per command (gemscope.1, gemscope-features.1, ...) into DIR instead of
+    /// printing gemscope(1) to standard output.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
