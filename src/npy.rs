@@ -203,21 +203,77 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Array<f32>> {
     })
 }
 
-/// A decoder for one element of a float dtype: `read(data, i)` is element `i` of `data` as f32.
-fn float_reader(dtype: NpyDtype) -> Result<fn(&[u8], usize) -> f32> {
-    Ok(match dtype {
-        NpyDtype::F32 => |d, i| f32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap()),
-        NpyDtype::F64 => |d, i| f64::from_le_bytes(d[8 * i..8 * i + 8].try_into().unwrap()) as f32,
-        NpyDtype::F16 => {
-            |d, i| half::f16::from_le_bytes(d[2 * i..2 * i + 2].try_into().unwrap()).to_f32()
+/// One element of a float dtype, decoded from little-endian bytes. A trait (not a function
+/// pointer) so that the transposing loop is compiled once per dtype with the read inlined.
+trait LeFloat {
+    const SIZE: usize;
+    fn read(bytes: &[u8]) -> f32;
+}
+
+struct F32Le;
+struct F64Le;
+struct F16Le;
+
+impl LeFloat for F32Le {
+    const SIZE: usize = 4;
+    #[inline(always)]
+    fn read(b: &[u8]) -> f32 {
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl LeFloat for F64Le {
+    const SIZE: usize = 8;
+    #[inline(always)]
+    fn read(b: &[u8]) -> f32 {
+        f64::from_le_bytes(b[..8].try_into().expect("8 bytes")) as f32
+    }
+}
+
+impl LeFloat for F16Le {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    fn read(b: &[u8]) -> f32 {
+        half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+    }
+}
+
+/// Rows `r0..r1` of a C-ordered `[rows, cols]` array, written transposed into `out`
+/// (`[cols, rows]`), the columns split into one band per thread: each thread writes a disjoint,
+/// contiguous part of `out`. Tiles of 64 x 64 keep both sides in cache.
+fn transpose_rows<T: LeFloat>(
+    data: &[u8],
+    (rows, cols): (usize, usize),
+    (r0, r1): (usize, usize),
+    out: &mut [f32],
+    threads: usize,
+) {
+    const TILE: usize = 64;
+    let band = cols.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (b, out_band) in out.chunks_mut(band * rows).enumerate() {
+            let c_start = b * band;
+            let c_end = (c_start + band).min(cols);
+            scope.spawn(move || {
+                for c0 in (c_start..c_end).step_by(TILE) {
+                    let c1 = (c0 + TILE).min(c_end);
+                    for r in r0..r1 {
+                        let row = &data[r * cols * T::SIZE..(r + 1) * cols * T::SIZE];
+                        for c in c0..c1 {
+                            out_band[(c - c_start) * rows + r] =
+                                T::read(&row[c * T::SIZE..(c + 1) * T::SIZE]);
+                        }
+                    }
+                }
+            });
         }
-        NpyDtype::I64 | NpyDtype::I32 => bail!("integer array where float32 weights were expected"),
-    })
+    });
 }
 
 /// Decodes a 2-D float `.npy` array `[rows, cols]` straight into its transpose `[cols, rows]`
-/// (C order), in one allocation. `release(offset, len)` is told each byte range of `bytes` that
-/// has been consumed, so a caller reading from a memory map can hand those pages back.
+/// (C order), in one allocation, on every core. `release(offset, len)` is told each byte range
+/// of `bytes` that has been consumed, so a caller reading from a memory map can hand those pages
+/// back.
 pub fn decode_f32_transposed(
     bytes: &[u8],
     release: &mut dyn FnMut(usize, usize),
@@ -227,30 +283,40 @@ pub fn decode_f32_transposed(
     let [rows, cols] = header.shape[..] else {
         bail!("expected a 2-D array, got shape {:?}", header.shape);
     };
-    let read = float_reader(header.dtype)?;
-    let data = &bytes[header.data_offset..];
-    let mut out = Vec::with_capacity(count);
+    if matches!(header.dtype, NpyDtype::I64 | NpyDtype::I32) {
+        bail!("integer array where float32 weights were expected");
+    }
+    let data = &bytes[header.data_offset..header.data_offset + count * header.dtype.size()];
     if header.fortran_order {
-        // Column-major [rows, cols] is already row-major [cols, rows].
-        out.extend((0..count).map(|i| read(data, i)));
+        // Column-major [rows, cols] is already row-major [cols, rows]: decode in file order.
+        let out: Vec<f32> = match header.dtype {
+            NpyDtype::F32 => data.chunks_exact(4).map(F32Le::read).collect(),
+            NpyDtype::F64 => data.chunks_exact(8).map(F64Le::read).collect(),
+            NpyDtype::F16 => data.chunks_exact(2).map(F16Le::read).collect(),
+            NpyDtype::I64 | NpyDtype::I32 => unreachable!("refused above"),
+        };
         release(header.data_offset, count * header.dtype.size());
-    } else {
-        const TILE: usize = 64;
-        let row_bytes = cols * header.dtype.size();
-        // Zeroed pages come from the kernel untouched until written, so this costs no extra pass.
-        out.resize(count, 0.0);
-        for r0 in (0..rows).step_by(TILE) {
-            let r1 = (r0 + TILE).min(rows);
-            for c0 in (0..cols).step_by(TILE) {
-                let c1 = (c0 + TILE).min(cols);
-                for r in r0..r1 {
-                    for c in c0..c1 {
-                        out[c * rows + r] = read(data, r * cols + c);
-                    }
-                }
-            }
-            release(header.data_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
+        return Ok(Array {
+            shape: vec![cols, rows],
+            data: out,
+        });
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Zeroed pages come from the kernel untouched until written, so this costs no extra pass.
+    let mut out = vec![0f32; count];
+    // Row blocks of 256: the mapped pages of each are released as soon as it is copied.
+    const BLOCK: usize = 256;
+    let row_bytes = cols * header.dtype.size();
+    for r0 in (0..rows).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(rows);
+        let shape = (rows, cols);
+        match header.dtype {
+            NpyDtype::F32 => transpose_rows::<F32Le>(data, shape, (r0, r1), &mut out, threads),
+            NpyDtype::F64 => transpose_rows::<F64Le>(data, shape, (r0, r1), &mut out, threads),
+            NpyDtype::F16 => transpose_rows::<F16Le>(data, shape, (r0, r1), &mut out, threads),
+            NpyDtype::I64 | NpyDtype::I32 => unreachable!("refused above"),
         }
+        release(header.data_offset + r0 * row_bytes, (r1 - r0) * row_bytes);
     }
     Ok(Array {
         shape: vec![cols, rows],

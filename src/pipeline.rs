@@ -40,6 +40,46 @@ pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> R
         .collect()
 }
 
+/// The activations at `point` for several groups of prompts, layer-major: each block runs over
+/// every group before the next block, so streamed weights are read once for all of them (the
+/// groups' residual streams are held meanwhile). Group `g`'s activations are what
+/// [`capture_many`] gives for it alone.
+pub fn capture_groups(
+    model: &Gemma2,
+    groups: &[&[Vec<u32>]],
+    point: HookPoint,
+) -> Result<Vec<Vec<Tensor>>> {
+    let batches = groups
+        .iter()
+        .map(|prompts| PaddedBatch::new(model, prompts))
+        .collect::<Result<Vec<_>>>()?;
+    let embedded = batches
+        .iter()
+        .map(|b| model.embed(&b.input))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let ctxs: Vec<&crate::model::SequenceContext> = batches.iter().map(|b| &b.ctx).collect();
+    let mut hooks: Vec<Capture> = batches.iter().map(|_| Capture::new(point)).collect();
+    model
+        .run_blocks_each(embedded, &ctxs, 0..point.layer + 1, &mut hooks)
+        .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
+    batches
+        .iter()
+        .zip(hooks)
+        .map(|(batch, hook)| {
+            let captured = hook
+                .value
+                .context("the hook point was never reached")?
+                .to_dtype(DType::F32)?;
+            batch
+                .lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
+                .collect()
+        })
+        .collect()
+}
+
 /// Everything gemscope reports about one prompt, computed from its hooked activation `x`
 /// (`[tokens, d_in]`, BOS row first).
 pub struct PromptInput<'a> {

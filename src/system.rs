@@ -3,10 +3,42 @@
 
 use anyhow::{bail, Result};
 
-/// Bytes of memory available to new allocations (`MemAvailable`), where the OS reports it.
+/// Bytes of memory available to new allocations (`MemAvailable`), where the OS reports it, capped
+/// by `GEMSCOPE_MEMORY_LIMIT` (bytes, or with a K, M or G suffix) when set: a job plans as if the
+/// machine had no more, e.g. to leave room for other work or to force the layer-major path.
 pub fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_meminfo_available(&meminfo)
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| parse_meminfo_available(&meminfo));
+    let limit = std::env::var("GEMSCOPE_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| parse_bytes(&v));
+    match (available, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// `123`, `64K`, `512M`, `2G` (binary units) as bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
@@ -40,6 +72,11 @@ impl MemoryPlan {
 
     pub fn total(&self) -> u64 {
         self.items.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Whether the plan fits in what the machine has now (yes where the OS does not say).
+    pub fn fits(&self) -> bool {
+        available_memory().is_none_or(|available| self.total() <= available)
     }
 
     /// [`MemoryPlan::check`] against what the machine has now (no check where the OS does not say).
@@ -120,6 +157,17 @@ pub fn write_file_atomically(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_limits_parse_with_binary_units() {
+        assert_eq!(parse_bytes("123"), Some(123));
+        assert_eq!(parse_bytes("64K"), Some(64 << 10));
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("2GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("2T"), None);
+        assert_eq!(parse_bytes("lots"), None);
+    }
 
     #[test]
     fn reads_mem_available() {

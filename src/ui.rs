@@ -47,6 +47,13 @@ impl Ui {
         }
     }
 
+    /// A note only `--verbose` shows: how the job was planned, for someone tuning it.
+    pub fn detail(&self, message: impl Display) {
+        if self.verbose {
+            eprintln!("gemscope: note: {message}");
+        }
+    }
+
     /// Runs `work`, adding its time to `phase` (shown by `--verbose`).
     pub fn phase<T>(&self, phase: &'static str, work: impl FnOnce() -> T) -> T {
         let start = Instant::now();

@@ -476,3 +476,82 @@ fn completions_and_man_pages_cover_every_command() {
         "per-command pages list their flags"
     );
 }
+
+#[test]
+fn many_prompts_give_the_same_numbers_resident_layer_major_and_one_group_at_a_time() {
+    // 40 prompts: two groups of the features command (32 + 8).
+    let prompts: Vec<String> = (0..40)
+        .map(|i| format!("prompt {i}: the river runs {} times to the sea", i % 7))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, prompts.join("\n")).unwrap();
+    let (model, sae) = (tiny(), sae("sae_res_L1.npz"));
+    let file_arg = file.display().to_string();
+    let args = [
+        "features",
+        "--model",
+        &model,
+        "--sae",
+        &sae,
+        "--layer",
+        "1",
+        "--jsonl",
+        "--prompts-file",
+        &file_arg,
+        "--verbose",
+    ];
+    let with_blocks = |mode: &str| {
+        let out = crate::util::bin()
+            .args(args)
+            .args(["--blocks", mode])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        out
+    };
+    let resident = with_blocks("auto");
+    assert!(
+        stderr(&resident).contains("blocks resident"),
+        "{}",
+        stderr(&resident)
+    );
+    let layer_major = with_blocks("layer-major");
+    assert!(
+        stderr(&layer_major).contains("layer-major"),
+        "{}",
+        stderr(&layer_major)
+    );
+    let per_group = with_blocks("streamed");
+    assert!(
+        stderr(&per_group).contains("once per group"),
+        "{}",
+        stderr(&per_group)
+    );
+    for (name, out) in [("layer-major", &layer_major), ("streamed", &per_group)] {
+        assert_eq!(stdout(out), stdout(&resident), "{name} changed a number");
+    }
+
+    // Each group alone (one group: streamed), the same lines.
+    let mut alone = String::new();
+    for chunk in prompts.chunks(32) {
+        let mut one = vec!["--jsonl"];
+        one.extend(chunk.iter().map(String::as_str));
+        let out = features(&one);
+        assert!(out.status.success(), "{}", stderr(&out));
+        alone.push_str(&stdout(&out));
+    }
+    let strip_index = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["index"] = 0.into();
+                v
+            })
+            .collect()
+    };
+    assert!(
+        strip_index(&alone) == strip_index(&stdout(&resident)),
+        "a group run alone differs from the same group in a longer job"
+    );
+}

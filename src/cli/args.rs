@@ -23,6 +23,11 @@ pub struct FeaturesArgs {
     /// SAEs; variance explained and MSE are then not computed (null in JSON).
     #[arg(long)]
     pub encode_only: bool,
+    /// How blocks 0..=L are held when prompts run in several groups of 32: auto (resident when
+    /// they fit in memory, else layer-major, else streamed per group), resident, layer-major
+    /// (each block read once and applied to every group), or streamed (read again per group).
+    #[arg(long, value_enum, default_value_t = BlockMode::Auto)]
+    pub blocks: BlockMode,
     /// Also print each prompt with its tokens shaded by feature F's activation relative to the
     /// prompt's max (with --color never, active tokens are marked `[token:1.23]`).
     #[arg(long, value_name = "F")]
@@ -166,6 +171,15 @@ pub struct SteerArgs {
     /// Colour in the side-by-side view; NO_COLOR, when set, always turns it off.
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+}
+
+/// How a multi-group job holds blocks 0..=L (see `features --blocks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlockMode {
+    Auto,
+    Resident,
+    LayerMajor,
+    Streamed,
 }
 
 /// The shells `gemscope completions` writes a script for.

@@ -1,7 +1,7 @@
 //! `gemscope features`: per-token SAE features and reconstruction statistics for prompts.
 
 use super::{stdout, Job};
-use crate::cli::FeaturesArgs;
+use crate::cli::{BlockMode, FeaturesArgs};
 use crate::model::Parts;
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
@@ -43,35 +43,83 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         SaeParts::EncoderDecoder
     };
 
-    // Before any large download or allocation: will it fit? The SAE, one streamed block, and a
-    // prompt group's activations, attention scores and feature activations.
-    let parts = Parts::through_layer(point.layer);
-    let mut plan = job.memory_plan(parts);
-    sae_plan.add_to(&mut plan, sae_parts, true);
+    // How the blocks are read. One group of prompts: each block is streamed from the file once.
+    // Several groups: resident when blocks 0..=L fit, so no group re-reads them; otherwise
+    // layer-major, each streamed block applied to every group before the next (the groups'
+    // residual streams held meanwhile). All three compute the same numbers.
     let cfg = job.config();
+    let groups: Vec<&[Vec<u32>]> = encoded.chunks(PROMPT_GROUP).collect();
     let t = encoded.iter().map(Vec::len).max().unwrap_or(0) as u64;
     let group = encoded.len().min(PROMPT_GROUP) as u64;
     let width = cfg.hidden_size.max(cfg.intermediate_size) as u64;
     let scores = 2 * cfg.num_attention_heads as u64 * t * t * 4;
-    plan.add(
-        "activations",
-        group * t * width * 4 * 4 + scores + 2 * t * sae_plan.d_sae as u64 * 4,
-    );
-
+    let activations = group * t * width * 4 * 4 + scores + 2 * t * sae_plan.d_sae as u64 * 4;
+    let plan_for = |parts: Parts, held_groups: u64| {
+        let mut plan = job.memory_plan(parts);
+        sae_plan.add_to(&mut plan, sae_parts, true);
+        plan.add("activations", activations);
+        if held_groups > 1 {
+            plan.add(
+                "every group's residual stream",
+                held_groups * group * t * cfg.hidden_size as u64 * 4 * 2,
+            );
+        }
+        plan
+    };
+    let streamed = Parts::through_layer(point.layer);
+    let resident = Parts {
+        resident: true,
+        ..streamed
+    };
+    let held = groups.len() as u64;
+    let (parts, layer_major) = match args.blocks {
+        _ if groups.len() == 1 => (streamed, false),
+        BlockMode::Resident => (resident, false),
+        BlockMode::LayerMajor => (streamed, true),
+        BlockMode::Streamed => (streamed, false),
+        BlockMode::Auto if plan_for(resident, 1).fits() => (resident, false),
+        BlockMode::Auto if plan_for(streamed, held).fits() => (streamed, true),
+        BlockMode::Auto => (streamed, false),
+    };
+    // Before any large download or allocation: will it fit?
+    let plan = plan_for(parts, if layer_major { held } else { 1 });
     let model = job.load_model(parts, &plan)?;
     let sae = sae_plan.load(&job.ui, sae_parts, &job.device)?;
     let model_info = job.model_info();
     let sae_info = sae_plan.info();
     let ui = &job.ui;
+    if groups.len() > 1 {
+        ui.detail(format!(
+            "{} prompts in {} groups, blocks {}",
+            encoded.len(),
+            groups.len(),
+            match (parts.resident, layer_major) {
+                (true, _) => "resident",
+                (false, true) => "streamed layer-major",
+                (false, false) => "streamed once per group",
+            }
+        ));
+    }
+    let mut all = if layer_major {
+        ui.phase("forward", || {
+            pipeline::capture_groups(&model, &groups, point)
+        })?
+    } else {
+        Vec::new()
+    };
 
     let mut out = stdout();
     let mut reports = Vec::with_capacity(prompts.len());
-    for (group, group_ids) in encoded.chunks(PROMPT_GROUP).enumerate() {
-        let activations = ui.phase("forward", || {
-            pipeline::capture_many(&model, group_ids, point)
-        })?;
+    for (g, group_ids) in groups.iter().enumerate() {
+        let activations = if layer_major {
+            std::mem::take(&mut all[g])
+        } else {
+            ui.phase("forward", || {
+                pipeline::capture_many(&model, group_ids, point)
+            })?
+        };
         for (offset, (ids, x)) in group_ids.iter().zip(&activations).enumerate() {
-            let index = group * PROMPT_GROUP + offset;
+            let index = g * PROMPT_GROUP + offset;
             let input = PromptInput {
                 index,
                 text: &prompts[index],

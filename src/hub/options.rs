@@ -52,7 +52,6 @@ impl HubOptions {
     /// when `offline_flag` is set or `HF_HUB_OFFLINE` is 1/true/yes/on. A progress bar only when
     /// stderr is a terminal. Reads no file except the token file, and touches no network.
     pub fn from_env(offline_flag: bool) -> Result<Self> {
-        #[allow(deprecated)] // not deprecated since Rust 1.86; the MSRV (1.85) still warns.
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from)

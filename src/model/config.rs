@@ -151,13 +151,13 @@ impl Config {
         ensure!(heads > 0, "num_attention_heads is 0");
         ensure!(kv_heads > 0, "num_key_value_heads is 0");
         ensure!(
-            heads % kv_heads == 0,
+            heads.is_multiple_of(kv_heads),
             "num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})"
         );
         // Gemma2Config's own defaults for the keys a checkpoint may omit.
         let head_dim = raw.head_dim.unwrap_or(256);
         ensure!(
-            head_dim > 0 && head_dim % 2 == 0,
+            head_dim > 0 && head_dim.is_multiple_of(2),
             "head_dim must be even and positive, got {head_dim}"
         );
         let query_pre_attn_scalar = raw.query_pre_attn_scalar.unwrap_or(256.0);

@@ -7,7 +7,7 @@
 use super::config::{Activation, AttentionKind, Config};
 use super::hook::{Hook, HookPoint, Site};
 use super::weights::{MappedWeights, SharedWeights};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::ops::Range;
 use std::sync::Arc;
@@ -148,13 +148,81 @@ fn cached_mask(
     Tensor::from_vec(mask, (1, 1, new_len, total), device)
 }
 
-/// What every block needs to know about the sequences: rotary tables and both attention masks.
+/// The real (non-padding) rows of a right-padded batch flattened to `[b * t, ..]`: linear layers
+/// run on these rows only, so padding costs no matmul work; attention alone needs the padded
+/// `[b, t]` layout.
+#[derive(Debug, Clone)]
+pub struct Packing {
+    /// Indices of the real rows in the flattened batch, ascending.
+    rows: Tensor,
+    /// `b * t`.
+    padded_rows: usize,
+}
+
+impl Packing {
+    /// Padding takes at least this share of a batch before packing pays for its gather and scatter.
+    const MIN_PADDING: f64 = 0.1;
+
+    fn new(lengths: &[usize], device: &Device) -> Result<Option<Self>> {
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        let padded_rows = lengths.len() * t;
+        let real: usize = lengths.iter().sum();
+        if padded_rows == 0
+            || (padded_rows - real) as f64 / (padded_rows as f64) < Self::MIN_PADDING
+        {
+            return Ok(None);
+        }
+        let rows: Vec<u32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &n)| (0..n).map(move |i| (b * t + i) as u32))
+            .collect();
+        Ok(Some(Self {
+            rows: Tensor::from_vec(rows, real, device)?,
+            padded_rows,
+        }))
+    }
+
+    /// `[b, t, d]` -> the real rows `[n, d]`.
+    fn gather(&self, xs: &Tensor) -> Result<Tensor> {
+        let d = xs.dim(D::Minus1)?;
+        xs.reshape((self.padded_rows, d))?
+            .index_select(&self.rows, 0)
+    }
+
+    /// The real rows `[n, d]` -> `[b, t, d]`, zeros at padding positions (no real query reads them).
+    fn scatter(&self, packed: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let d = packed.dim(D::Minus1)?;
+        let zeros = Tensor::zeros((self.padded_rows, d), packed.dtype(), packed.device())?;
+        zeros.index_add(&self.rows, packed, 0)?.reshape((b, t, d))
+    }
+}
+
+/// Runs a row-wise module (a linear layer, the MLP) over `xs` `[b, t, d]`: on the real rows only
+/// when `packing` says the batch is padded enough.
+fn rowwise(
+    xs: &Tensor,
+    packing: Option<&Packing>,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match packing {
+        None => f(xs),
+        Some(p) => {
+            let (b, t, _) = xs.dims3()?;
+            p.scatter(&f(&p.gather(xs)?)?, b, t)
+        }
+    }
+}
+
+/// What every block needs to know about the sequences: rotary tables, both attention masks, and
+/// which rows of a padded batch are real.
 #[derive(Debug, Clone)]
 pub struct SequenceContext {
     cos: Tensor,
     sin: Tensor,
     global_mask: Tensor,
     sliding_mask: Tensor,
+    packing: Option<Packing>,
 }
 
 impl SequenceContext {
@@ -174,6 +242,7 @@ impl SequenceContext {
             sin,
             global_mask: causal_mask(seq_len, lengths, None, device)?,
             sliding_mask: causal_mask(seq_len, lengths, Some(cfg.sliding_window), device)?,
+            packing: Packing::new(lengths, device)?,
         })
     }
 
@@ -192,6 +261,7 @@ impl SequenceContext {
             sin,
             global_mask: cached_mask(offset, new_len, None, device)?,
             sliding_mask: cached_mask(offset, new_len, Some(cfg.sliding_window), device)?,
+            packing: None,
         })
     }
 
@@ -343,9 +413,25 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let q = self.split_heads(&self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = self.split_heads(&self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = self.split_heads(&self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let packing = ctx.packing.as_ref();
+        let (q, k, v) = match packing {
+            None => (
+                self.q_proj.forward(xs)?,
+                self.k_proj.forward(xs)?,
+                self.v_proj.forward(xs)?,
+            ),
+            Some(p) => {
+                let rows = p.gather(xs)?;
+                (
+                    p.scatter(&self.q_proj.forward(&rows)?, b, t)?,
+                    p.scatter(&self.k_proj.forward(&rows)?, b, t)?,
+                    p.scatter(&self.v_proj.forward(&rows)?, b, t)?,
+                )
+            }
+        };
+        let q = self.split_heads(&q, self.num_heads)?;
+        let k = self.split_heads(&k, self.num_kv_heads)?;
+        let v = self.split_heads(&v, self.num_kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
@@ -383,7 +469,7 @@ impl Attention {
             },
             concat,
         )?;
-        self.o_proj.forward(&concat)
+        rowwise(&concat, packing, |rows| self.o_proj.forward(rows))
     }
 }
 
@@ -456,9 +542,11 @@ impl DecoderBlock {
             self.self_attn
                 .forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook, cache)?;
         let hidden = (xs + self.post_attention_layernorm.forward(&attn)?)?;
-        let mlp = self
-            .mlp
-            .forward(&self.pre_feedforward_layernorm.forward(&hidden)?)?;
+        let mlp = rowwise(
+            &self.pre_feedforward_layernorm.forward(&hidden)?,
+            ctx.packing.as_ref(),
+            |rows| self.mlp.forward(rows),
+        )?;
         let mlp = self.post_feedforward_layernorm.forward(&mlp)?;
         let mlp = visit(
             hook,
@@ -651,11 +739,23 @@ impl Gemma2 {
         Ok(())
     }
 
-    /// Runs `f` with block `layer`: the resident one, or one built for the occasion and dropped after.
+    /// Runs `f` with block `layer`: the resident one, or one built for the occasion and dropped
+    /// after. A streamed block first asks for the next block's bytes, so that on a cold page
+    /// cache the disk reads block `layer + 1` while block `layer` computes.
     fn with_block<R>(&self, layer: usize, f: impl FnOnce(&DecoderBlock) -> Result<R>) -> Result<R> {
         match self.blocks.get(layer) {
             Some(block) => f(block),
-            None => f(&self.build_block(layer)?),
+            None => {
+                let block = self.build_block(layer)?;
+                if layer + 1 < self.n_blocks {
+                    let names: Vec<String> = block_tensor_shapes(&self.cfg)
+                        .iter()
+                        .map(|(suffix, _)| format!("model.layers.{}.{suffix}", layer + 1))
+                        .collect();
+                    self.weights.prefetch(names.iter().map(String::as_str));
+                }
+                f(&block)
+            }
         }
     }
 
@@ -671,6 +771,34 @@ impl Gemma2 {
         let mut xs = xs;
         for layer in layers {
             xs = self.with_block(layer, |block| block.forward(&xs, ctx, hook, None))?;
+        }
+        Ok(xs)
+    }
+
+    /// Runs blocks `layers` over several batches block-major: each block is built once (read
+    /// from the file once, when streamed) and applied to every batch before the next block, so a
+    /// corpus too large for one batch still reads each block once. `hooks[i]` sees batch `i`.
+    /// Each batch computes exactly what [`Gemma2::run_blocks`] computes for it alone.
+    pub fn run_blocks_each<H: Hook>(
+        &self,
+        batches: Vec<Tensor>,
+        ctxs: &[&SequenceContext],
+        layers: Range<usize>,
+        hooks: &mut [H],
+    ) -> Result<Vec<Tensor>> {
+        self.check_range(&layers)?;
+        if ctxs.len() != batches.len() || hooks.len() != batches.len() {
+            candle_core::bail!("one context and one hook per batch");
+        }
+        let mut xs = batches;
+        for layer in layers {
+            xs = self.with_block(layer, |block| {
+                xs.iter()
+                    .zip(ctxs)
+                    .zip(hooks.iter_mut())
+                    .map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))
+                    .collect()
+            })?;
         }
         Ok(xs)
     }
