@@ -1,5 +1,8 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
+pub mod card;
+pub mod search;
+
 use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::{HookPoint, Site};
 use serde::{Deserialize, Serialize};
