@@ -14,8 +14,20 @@ pub struct FeaturesArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sae: SaeArgs,
-    #[command(flatten)]
-    pub hook: HookArgs,
+    /// Zero-indexed decoder layer to hook.
+    #[arg(long, value_name = "N", required_unless_present = "layers")]
+    pub layer: Option<usize>,
+    /// Several layers in one forward pass, each read with its own SAE (loaded one at a time):
+    /// `all`, a range `0-25` or a list `3,7,20`. Output per layer under `layers[i]`, plus a
+    /// ranking of the strongest features across them.
+    #[arg(long, value_name = "all|A-B|A,B", conflicts_with_all = ["layer", "highlight", "jsonl"])]
+    pub layers: Option<String>,
+    /// Site within the layer: res (block output), mlp (MLP output), att (heads concatenated, the input of o_proj).
+    #[arg(long, value_enum, default_value_t = Site::Res)]
+    pub site: Site,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
     /// Features listed per token and in each prompt's aggregate ranking.
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
@@ -158,6 +170,9 @@ pub struct SteerArgs {
     /// every position by adding (S - f_F(x)) * W_dec[F], leaving the SAE error untouched.
     #[arg(long, value_enum, default_value_t = SteerMode::Add)]
     pub mode: SteerMode,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
     #[command(flatten)]
     pub generation: GenerationArgs,
     /// Print one JSON document instead of the side-by-side view.

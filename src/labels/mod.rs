@@ -361,6 +361,59 @@ pub fn labels_for_display(
     }
 }
 
+/// Labels being read (or fetched) on another thread while the numbers are computed, so a slow
+/// network never delays them.
+pub struct PendingLabels(Option<std::thread::JoinHandle<(Option<Labels>, Vec<String>)>>);
+
+impl PendingLabels {
+    /// No labels wanted (`--no-labels`, or an SAE Neuronpedia does not host).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Starts reading the labels of `np` from the cache, pulling them when missing and the
+    /// network is allowed (`offline` false).
+    pub fn start(np: Neuronpedia, d_sae: usize, layer: usize, offline: bool) -> Self {
+        Self(Some(std::thread::spawn(move || {
+            let mut options = match NeuronpediaOptions::from_env(offline) {
+                Ok(options) => options,
+                Err(err) => return (None, vec![crate::error_line(&err)]),
+            };
+            // A second bar beside the job's would garble stderr.
+            options.progress = false;
+            let client = NeuronpediaClient::new(options);
+            match cache::cache_dir() {
+                Ok(dir) => labels_for_display(&client, &dir, &np, d_sae, layer),
+                Err(err) => (
+                    None,
+                    vec![format!("labels are not shown: {}", crate::error_line(&err))],
+                ),
+            }
+        })))
+    }
+
+    /// [`PendingLabels::start`] for an SAE Neuronpedia hosts (`Some`), else none.
+    pub fn start_if(np: Option<&Neuronpedia>, d_sae: usize, layer: usize, offline: bool) -> Self {
+        match np {
+            Some(np) => Self::start(np.clone(), d_sae, layer, offline),
+            None => Self::none(),
+        }
+    }
+
+    /// The labels, and the notes for stderr.
+    pub fn finish(self) -> (Option<Labels>, Vec<String>) {
+        match self.0 {
+            None => (None, Vec::new()),
+            Some(handle) => handle.join().unwrap_or_else(|_| {
+                (
+                    None,
+                    vec!["labels are not shown: the label reader failed".into()],
+                )
+            }),
+        }
+    }
+}
+
 /// Where the per-feature API's answer is cached.
 fn feature_path(cache: &Path, np: &Neuronpedia, feature: u32) -> PathBuf {
     sae_dir(cache, &np.model, &np.sae_id)
