@@ -630,3 +630,210 @@ fn explain_shows_labels_density_and_neighbour_labels_from_neuronpedia() {
     assert_eq!(again["features"], doc["features"]);
     drop(hub);
 }
+
+/// gemscope on the fake hub (`google/gemma-2-2b`, `google/gemma-scope-2b-pt-res` with layers 1
+/// and 3) with labels from `np_url` cached in `cache`.
+fn on_hub(hub: &FakeHub, home: &Path, cache: &Path, np_url: &str, args: &[&str]) -> Output {
+    let mut cmd = gemscope(cache, np_url);
+    for var in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_CACHE",
+        "HF_TOKEN_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_ENDPOINT", hub.url())
+        .env("HF_HOME", home)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every number of a features report, labels and links left out.
+fn numbers(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("label");
+                map.remove("neuronpedia_url");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut doc);
+    doc["prompts"].clone()
+}
+
+#[test]
+fn features_show_labels_and_their_failures_never_change_the_numbers() {
+    const SAE1: &str = "1-gemmascope-res-16k";
+    let home = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(vec![gemma_2_2b(), gemma_scope_2b_pt_res()]);
+    let prompt = "The Golden Gate Bridge is";
+    let args = ["features", "--layer", "1", "--json", prompt];
+
+    // Without labels: every label is null, and a note says why.
+    let empty = tempfile::tempdir().unwrap();
+    let out = on_hub(&hub, home.path(), empty.path(), &nowhere(), &args);
+    assert!(
+        stderr(&out).contains("labels of gemma-2-2b/1-gemmascope-res-16k are not shown"),
+        "{}",
+        stderr(&out)
+    );
+    let plain = json_of(&out);
+    let aggregate = plain["prompts"][0]["top_features"].as_array().unwrap();
+    assert!(!aggregate.is_empty());
+    assert!(aggregate.iter().all(|f| f["label"].is_null()));
+    let top = aggregate[0]["feature"].as_u64().unwrap() as u32;
+    let token_top = plain["prompts"][0]["tokens"][1]["top_features"][0]["feature"]
+        .as_u64()
+        .unwrap() as u32;
+
+    // With labels for the top features, fetched once from the export and cached.
+    let np = FakeNeuronpedia::start();
+    let lines = [
+        export_line(MODEL, SAE1, top, "golden things"),
+        export_line(MODEL, SAE1, token_top, "the first word"),
+    ];
+    np.object(&batch_key(MODEL, SAE1, 0), gzip(&lines.join("\n")));
+    let cache = tempfile::tempdir().unwrap();
+    let labelled = json_of(&on_hub(&hub, home.path(), cache.path(), &np.url(), &args));
+    assert_eq!(
+        labelled["prompts"][0]["top_features"][0]["label"],
+        "golden things"
+    );
+    let token = &labelled["prompts"][0]["tokens"][1]["top_features"][0];
+    let expected = if token_top == top {
+        "golden things"
+    } else {
+        "the first word"
+    };
+    assert_eq!(token["label"], expected);
+    assert_eq!(numbers(&labelled), numbers(&plain));
+
+    // The table has the label column.
+    let table_args = ["features", "--layer", "1", "--color", "never", prompt];
+    let out = on_hub(&hub, home.path(), cache.path(), &np.url(), &table_args);
+    let text = crate::util::stdout(&out);
+    assert!(
+        text.contains("  label") && text.contains("golden things"),
+        "{text}"
+    );
+    drop(np);
+
+    // --no-labels: nothing fetched or shown; a hanging server: a note, the same numbers.
+    let out = on_hub(
+        &hub,
+        home.path(),
+        cache.path(),
+        &nowhere(),
+        &["features", "--layer", "1", "--json", "--no-labels", prompt],
+    );
+    assert!(!stderr(&out).contains("label"), "{}", stderr(&out));
+    assert_eq!(numbers(&json_of(&out)), numbers(&plain));
+    let hanging = FakeNeuronpedia::start();
+    hanging.hang();
+    let fresh = tempfile::tempdir().unwrap();
+    let mut cmd = gemscope(fresh.path(), &hanging.url());
+    for var in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_CACHE",
+        "HF_TOKEN_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HOME", home.path())
+        .env("GEMSCOPE_NETWORK_TIMEOUT", "0.5")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
+    assert_eq!(numbers(&json_of(&out)), numbers(&plain));
+}
+
+#[test]
+fn features_across_layers_match_one_layer_runs_from_one_forward_pass() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(vec![gemma_2_2b(), gemma_scope_2b_pt_res()]);
+    let url = nowhere();
+    let prompts = ["The Golden Gate Bridge is", "line one\nline two\ttab"];
+    let mut args = vec!["features", "--layers", "1,3", "--json", "--no-labels"];
+    args.extend(prompts);
+    let doc = json_of(&on_hub(&hub, home.path(), cache.path(), &url, &args));
+    let layers = doc["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        let n = layer["layer"].to_string();
+        let mut one = vec!["features", "--layer", n.as_str(), "--json", "--no-labels"];
+        one.extend(prompts);
+        let alone = json_of(&on_hub(&hub, home.path(), cache.path(), &url, &one));
+        assert_eq!(layer["prompts"], alone["prompts"], "layer {n}");
+        assert_eq!(layer["sae"], alone["sae"]);
+    }
+    // The ranking merges both layers' aggregates by summed activation.
+    for (i, ranking) in doc["ranking"].as_array().unwrap().iter().enumerate() {
+        let mut expected: Vec<(f64, u64, u64)> = layers
+            .iter()
+            .flat_map(|l| {
+                l["prompts"][i]["top_features"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f["activation_sum"].as_f64().unwrap(),
+                            l["layer"].as_u64().unwrap(),
+                            f["feature"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        expected.truncate(doc["top_k"].as_u64().unwrap() as usize);
+        let got: Vec<(f64, u64, u64)> = ranking["top_features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["activation_sum"].as_f64().unwrap(),
+                    f["layer"].as_u64().unwrap(),
+                    f["feature"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
+    let out = on_hub(
+        &hub,
+        home.path(),
+        cache.path(),
+        &url,
+        &["features", "--layers", "2-9", "x"],
+    );
+    assert_fails_with(&out, "layer 9 is out of range: the model has 4 layers");
+    let out = on_hub(
+        &hub,
+        home.path(),
+        cache.path(),
+        &url,
+        &[
+            "features",
+            "--layers",
+            "1,3",
+            "--sae",
+            &fixture_arg("tiny/sae_res_L1.npz"),
+            "x",
+        ],
+    );
+    assert_fails_with(&out, "not one SAE file");
+}

@@ -113,7 +113,10 @@ pub fn bin() -> Command {
     // points these at its fake server.
     cmd.env("NEURONPEDIA_DATASETS_URL", "http://127.0.0.1:9")
         .env("NEURONPEDIA_URL", "http://127.0.0.1:9")
-        .env("GEMSCOPE_CACHE", std::env::temp_dir().join("gemscope-tests-label-cache"))
+        .env(
+            "GEMSCOPE_CACHE",
+            std::env::temp_dir().join("gemscope-tests-label-cache"),
+        )
         .env_remove("NEURONPEDIA_API_KEY");
     cmd
 }
