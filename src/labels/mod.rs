@@ -113,6 +113,19 @@ impl Labels {
         }
     }
 
+    /// Writes the index into the cache (sealed, atomically), and remembers where.
+    pub fn save(&mut self, cache: &Path) -> Result<()> {
+        let np = Neuronpedia {
+            model: self.index.model_id.clone(),
+            sae_id: self.index.sae_id.clone(),
+        };
+        let path = index_path(cache, &np);
+        let body = serde_json::to_vec(&self.index).expect("an index serializes");
+        write_sealed(&path, &body)?;
+        self.path = path;
+        Ok(())
+    }
+
     /// The first explanation of `feature`, in the export's order.
     pub fn label(&self, feature: u32) -> Option<&str> {
         self.labels(feature).first().map(String::as_str)
@@ -281,10 +294,7 @@ pub fn pull(
         ));
     }
     labels.index.missing_batches = missing;
-    let path = index_path(cache, np);
-    let body = serde_json::to_vec(&labels.index).expect("an index serializes");
-    write_sealed(&path, &body)?;
-    labels.path = path;
+    labels.save(cache)?;
     if failures.is_empty() {
         // The index holds everything: the parsed batches are no longer needed.
         let _ = std::fs::remove_dir_all(&batches_dir);

@@ -75,11 +75,11 @@ fn write_card(w: &mut dyn Write, card: &FeatureCard, style: Style) -> io::Result
             let label = n
                 .label
                 .as_deref()
-                .map(|l| truncate_label(l, 60))
+                .map(|l| format!("  {}", truncate_label(l, 60)))
                 .unwrap_or_default();
             writeln!(
                 w,
-                "    {} {}  {label}",
+                "    {} {}{label}",
                 style.feature(&format!("#{:<6}", n.feature)),
                 style.value(&format!("{:>7.4}", n.cosine))
             )?;
