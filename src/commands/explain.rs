@@ -76,7 +76,7 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
     let mut labels: Option<Labels> = None;
     let mut source = None;
     if let Some(np) = neuronpedia {
-        let np_client = neuronpedia_client(args.model.offline || job.client.offline())?;
+        let np_client = neuronpedia_client(args.model.offline || job.client.offline(), &job.ui)?;
         match cache::cache_dir() {
             Ok(dir) => {
                 let (found, notes) =

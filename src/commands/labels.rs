@@ -87,8 +87,9 @@ pub fn label_sets(args: &LabelSetArgs, ui: &Ui) -> Result<(Vec<(usize, Neuronped
     ))
 }
 
-/// The Neuronpedia client over the environment's settings.
-pub fn client(offline: bool) -> Result<NeuronpediaClient> {
+/// The Neuronpedia client over the environment's settings; a progress bar only for a person
+/// watching (not with `--quiet`).
+pub fn client(offline: bool, ui: &Ui) -> Result<NeuronpediaClient> {
     let offline = offline
         || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
             matches!(
@@ -96,9 +97,9 @@ pub fn client(offline: bool) -> Result<NeuronpediaClient> {
                 "1" | "ON" | "YES" | "TRUE"
             )
         });
-    Ok(NeuronpediaClient::new(NeuronpediaOptions::from_env(
-        offline,
-    )?))
+    let mut options = NeuronpediaOptions::from_env(offline)?;
+    options.progress &= ui.interactive();
+    Ok(NeuronpediaClient::new(options))
 }
 
 pub fn run(args: LabelsArgs, ui: Ui) -> Result<ExitCode> {
@@ -112,7 +113,7 @@ fn pull(args: PullArgs, ui: Ui) -> Result<ExitCode> {
     let width = normalize_width(&args.set.width)?;
     let d_sae = labels::width_features(&width);
     let cache_dir = cache::cache_dir()?;
-    let client = client(false)?;
+    let client = client(false, &ui)?;
     let mut failed = Vec::new();
     for (_, np) in &sets {
         let name = format!("{}/{}", np.model, np.sae_id);

@@ -20,7 +20,7 @@ pub fn run(args: SearchArgs, ui: Ui) -> Result<ExitCode> {
     );
     ensure!(args.limit >= 1, "--limit must be at least 1");
     let (sets, _) = label_sets(&args.set, &ui)?;
-    let client = neuronpedia_client(args.offline)?;
+    let client = neuronpedia_client(args.offline, &ui)?;
     let model_id = sets[0].1.model.clone();
     let sae_ids: Vec<String> = sets.iter().map(|(_, np)| np.sae_id.clone()).collect();
     let url_of = |sae_id: &str, feature: u32| {

@@ -172,6 +172,60 @@ mod tests {
     }
 
     #[test]
+    fn a_card_shows_labels_effects_neighbours_and_the_url() {
+        use crate::report::card::{FeatureCard, LogitEffects, Neighbour, TokenEffect};
+        let effect = |id, token: &str, value| TokenEffect {
+            id,
+            token: token.into(),
+            value,
+        };
+        let card = FeatureCard {
+            feature: 10004,
+            label: Some("time travel".into()),
+            labels: vec!["time travel".into(), "the future".into()],
+            threshold: 1.5,
+            encoder_norm: 1.0,
+            decoder_norm: 0.5,
+            encoder_bias: -0.25,
+            logits: LogitEffects {
+                positive: vec![effect(5, "▁future", 0.75)],
+                negative: vec![effect(9, "\n", -0.5)],
+            },
+            neighbours: vec![
+                Neighbour {
+                    feature: 7,
+                    cosine: 0.5,
+                    label: Some("clocks".into()),
+                },
+                Neighbour {
+                    feature: 8,
+                    cosine: 0.25,
+                    label: None,
+                },
+            ],
+            neuronpedia_url: Some(
+                "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/10004".into(),
+            ),
+            density: Some(0.00125),
+            max_activation: Some(41.5),
+            examples: None,
+        };
+        let mut out = Vec::new();
+        write_card(&mut out, &card, Style::PLAIN).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#10004 time travel");
+        assert_eq!(lines[1], "  also: the future");
+        assert!(lines[2].contains("threshold 1.5000") && lines[2].contains("density 1.250e-3"));
+        assert!(lines[2].contains("max activation 41.50"));
+        assert_eq!(lines[3], "  promotes:   ▁future +0.750");
+        assert_eq!(lines[4], "  suppresses: \\n -0.500");
+        assert_eq!(lines[6], "    #7       0.5000  clocks");
+        assert_eq!(lines[7], "    #8       0.2500");
+        assert!(lines[8].ends_with("/10004"));
+    }
+
+    #[test]
     fn search_table_lists_layer_feature_label_score_url() {
         let report = SearchReport {
             schema_version: 1,
