@@ -837,3 +837,36 @@ fn features_across_layers_match_one_layer_runs_from_one_forward_pass() {
     );
     assert_fails_with(&out, "not one SAE file");
 }
+
+#[test]
+fn steer_names_its_features_by_their_labels() {
+    const SAE1: &str = "1-gemmascope-res-16k";
+    let home = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(vec![gemma_2_2b(), gemma_scope_2b_pt_res()]);
+    let np = FakeNeuronpedia::start();
+    np.object(
+        &batch_key(MODEL, SAE1, 0),
+        gzip(&export_line(MODEL, SAE1, 7, "bridges and tunnels")),
+    );
+    let steer = [
+        "steer",
+        "--layer",
+        "1",
+        "--feature",
+        "7",
+        "--strength",
+        "400",
+        "--max-new-tokens",
+        "2",
+    ];
+    let mut args = steer.to_vec();
+    args.extend(["--json", "The Golden Gate Bridge is"]);
+    let doc = json_of(&on_hub(&hub, home.path(), cache.path(), &np.url(), &args));
+    assert_eq!(doc["steering"][0]["label"], "bridges and tunnels");
+    let mut args = steer.to_vec();
+    args.extend(["--color", "never", "The Golden Gate Bridge is"]);
+    let out = on_hub(&hub, home.path(), cache.path(), &np.url(), &args);
+    let text = crate::util::stdout(&out);
+    assert!(text.contains("#7 (bridges and tunnels) +400"), "{text}");
+}

@@ -48,6 +48,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         sae_plan.d_sae,
         point.layer,
         job.client.offline(),
+        job.ui.quiet(),
     );
     let sae_parts = if args.encode_only {
         SaeParts::EncoderOnly
@@ -222,6 +223,7 @@ fn run_layers(
                 plan.d_sae,
                 plan.point.layer,
                 job.client.offline(),
+                job.ui.quiet(),
             )
         })
         .collect();

@@ -99,6 +99,7 @@ pub fn client(offline: bool, ui: &Ui) -> Result<NeuronpediaClient> {
         });
     let mut options = NeuronpediaOptions::from_env(offline)?;
     options.progress &= ui.interactive();
+    options.notes = !ui.quiet();
     Ok(NeuronpediaClient::new(options))
 }
 

@@ -54,6 +54,7 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
         sae_plan.d_sae,
         point.layer,
         job.client.offline(),
+        job.ui.quiet(),
     );
     let parts = Parts::full(job.config());
     let mut plan = job.memory_plan(parts);

@@ -37,6 +37,8 @@ pub struct NeuronpediaOptions {
     pub offline: bool,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Say on stderr when a rate limit is waited out (off with `--quiet`).
+    pub notes: bool,
 }
 
 impl std::fmt::Debug for NeuronpediaOptions {
@@ -90,6 +92,7 @@ impl NeuronpediaOptions {
             timeout,
             offline,
             progress: false,
+            notes: true,
         })
     }
 
@@ -220,10 +223,12 @@ impl NeuronpediaClient {
                     if wait > MAX_RETRY_AFTER_SECS {
                         return Err(Box::new(ureq::Error::Status(429, response)));
                     }
-                    eprintln!(
-                        "gemscope: note: Neuronpedia is rate limiting {what} (HTTP 429): \
-                         retrying in {wait} s"
-                    );
+                    if self.opts.notes {
+                        eprintln!(
+                            "gemscope: note: Neuronpedia is rate limiting {what} (HTTP 429): \
+                             retrying in {wait} s"
+                        );
+                    }
                     std::thread::sleep(Duration::from_secs(wait));
                     attempt += 1;
                 }

@@ -383,7 +383,7 @@ impl PendingLabels {
 
     /// Starts reading the labels of `np` from the cache, pulling them when missing and the
     /// network is allowed (`offline` false).
-    pub fn start(np: Neuronpedia, d_sae: usize, layer: usize, offline: bool) -> Self {
+    pub fn start(np: Neuronpedia, d_sae: usize, layer: usize, offline: bool, quiet: bool) -> Self {
         Self(Some(std::thread::spawn(move || {
             let mut options = match NeuronpediaOptions::from_env(offline) {
                 Ok(options) => options,
@@ -391,6 +391,7 @@ impl PendingLabels {
             };
             // A second bar beside the job's would garble stderr.
             options.progress = false;
+            options.notes = !quiet;
             let client = NeuronpediaClient::new(options);
             match cache::cache_dir() {
                 Ok(dir) => labels_for_display(&client, &dir, &np, d_sae, layer),
@@ -403,9 +404,15 @@ impl PendingLabels {
     }
 
     /// [`PendingLabels::start`] for an SAE Neuronpedia hosts (`Some`), else none.
-    pub fn start_if(np: Option<&Neuronpedia>, d_sae: usize, layer: usize, offline: bool) -> Self {
+    pub fn start_if(
+        np: Option<&Neuronpedia>,
+        d_sae: usize,
+        layer: usize,
+        offline: bool,
+        quiet: bool,
+    ) -> Self {
         match np {
-            Some(np) => Self::start(np.clone(), d_sae, layer, offline),
+            Some(np) => Self::start(np.clone(), d_sae, layer, offline, quiet),
             None => Self::none(),
         }
     }
