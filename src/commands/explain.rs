@@ -45,8 +45,8 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
     let norm_weight = card::final_norm_weight(&weights)?;
     ensure!(
         norm_weight.len() == d_in,
-        "the final norm has {} weights, but the SAE reads {d_in} dimensions: a residual-stream \
-         SAE (--site res) is needed for logit effects",
+        "the final norm has {} weights, but the SAE reads {d_in} dimensions: logit effects need \
+         an SAE that writes the residual stream (--site res or mlp)",
         norm_weight.len()
     );
     // Cards are computed on the CPU in f32 whatever --device says: a few matrix-vector products.
