@@ -328,13 +328,16 @@ fn run_layers(
         }
     })?;
     out.flush()?;
+    let peak = crate::system::peak_memory().map_or("unknown".to_string(), |bytes| {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    });
     ui.note(format!(
-        "{} layers from one forward pass through {} blocks: forward {forward_seconds:.2} s, SAEs \
-         {encode_seconds:.2} s, total {:.2} s; peak memory {}",
+        "{} layer{} from one forward pass through {} blocks: forward {forward_seconds:.2} s, \
+         SAEs {encode_seconds:.2} s, total {:.2} s; peak memory {peak}",
         layers.len(),
+        if layers.len() == 1 { "" } else { "s" },
         deepest + 1,
         started.elapsed().as_secs_f64(),
-        crate::system::peak_memory().map_or("unknown".to_string(), crate::system::gib)
     ));
     ui.report_phases();
     Ok(ExitCode::SUCCESS)
