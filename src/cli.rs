@@ -55,6 +55,12 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the gemscope(1) man page (roff) to standard output, or every page into a directory.
     Man(ManArgs),
+    /// Neuronpedia labels (explanations) of Gemma Scope features: `labels pull` caches them.
+    Labels(LabelsArgs),
+    /// Feature cards: labels, the tokens a feature promotes and suppresses, its nearest decoder directions.
+    Explain(ExplainArgs),
+    /// Find features by what their labels say (BM25 over the cached labels, or Neuronpedia's search).
+    Search(SearchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,11 +10,13 @@
 //! Dependencies point one way: `main -> cli/commands -> (hub, model, sae, pipeline, eval,
 //! generate) -> (metrics, report) -> output`; [`system`], [`npy`] and [`tokenizer`] are leaves.
 
+pub mod card;
 pub mod cli;
 pub mod commands;
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod labels;
 pub mod metrics;
 pub mod model;
 pub mod npy;
@@ -43,6 +45,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Steer(args) => commands::steer::run(args, ui),
         Command::Completions(args) => commands::meta::completions(args),
         Command::Man(args) => commands::meta::man(args),
+        Command::Labels(args) => commands::labels::run(args, ui),
+        Command::Explain(args) => commands::explain::run(args, ui),
+        Command::Search(args) => commands::search::run(args, ui),
     }
 }
 

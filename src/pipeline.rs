@@ -1,7 +1,7 @@
 //! The data path from token ids to a prompt report: hooked forward pass, SAE encode/decode, metrics.
 
 use crate::metrics::{self, ReconstructionSums};
-use crate::model::{Capture, Gemma2, HookPoint, PaddedBatch};
+use crate::model::{Capture, Gemma2, HookPoint, MultiCapture, PaddedBatch};
 use crate::report::{PromptReport, TokenReport};
 use crate::sae::JumpReluSae;
 use anyhow::{ensure, Context, Result};
@@ -18,25 +18,44 @@ pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> 
 /// streamed block is read once for all of them, and every matmul sees all their tokens at once.
 /// Each prompt's activation is `[its tokens, width]`, as it would be run alone.
 pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> Result<Vec<Tensor>> {
+    Ok(capture_points(model, prompts, &[point])?.remove(0))
+}
+
+/// [`capture_many`] at several hook points in one forward pass, through the deepest point's
+/// layer and no further: `[point][prompt]`, each `[its tokens, width]` in f32.
+pub fn capture_points(
+    model: &Gemma2,
+    prompts: &[Vec<u32>],
+    points: &[HookPoint],
+) -> Result<Vec<Vec<Tensor>>> {
+    let last = points
+        .iter()
+        .map(|p| p.layer)
+        .max()
+        .context("no hook point to capture")?;
     let batch = PaddedBatch::new(model, prompts)?;
-    let mut hook = Capture::new(point);
+    let mut hook = MultiCapture::new(points.to_vec());
     model
         .run_blocks(
             model.embed(&batch.input)?,
-            0..point.layer + 1,
+            0..last + 1,
             &batch.ctx,
             &mut hook,
         )
-        .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
-    let captured = hook
-        .value
-        .context("the hook point was never reached")?
-        .to_dtype(DType::F32)?;
-    batch
-        .lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
+        .with_context(|| format!("forward pass to layer {last} failed"))?;
+    hook.values
+        .into_iter()
+        .map(|value| {
+            let captured = value
+                .context("the hook point was never reached")?
+                .to_dtype(DType::F32)?;
+            batch
+                .lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
+                .collect()
+        })
         .collect()
 }
 

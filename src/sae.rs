@@ -263,6 +263,17 @@ impl JumpReluSae {
         Tensor::from_vec(ids, features.len(), self.w_enc_t.device())
     }
 
+    /// `W_enc` transposed (`[d_sae, d_in]`: row `f` is feature f's encoder column), `b_enc` and
+    /// `threshold`, for feature cards.
+    pub fn encoder_weights(&self) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.w_enc_t, &self.b_enc, &self.threshold)
+    }
+
+    /// `W_dec` `[d_sae, d_in]`, when the decoder was loaded.
+    pub fn decoder_weights(&self) -> Option<&Tensor> {
+        self.decoder.as_ref().map(|d| &d.w_dec)
+    }
+
     /// Row `feature` of `W_dec` `[d_in]`: the direction the feature writes (used for steering).
     pub fn decoder_direction(&self, feature: usize) -> candle_core::Result<Tensor> {
         let Some(decoder) = &self.decoder else {

@@ -47,6 +47,14 @@ fn parse_meminfo_available(meminfo: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The most resident memory this process has held so far (`VmHWM`), where the OS reports it.
+pub fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

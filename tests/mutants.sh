@@ -13,7 +13,7 @@ s = open(p).read()
 assert a in s, f"pattern not found in {p}: {a}"
 open(p, 'w').write(s.replace(a, b, 1))
 PY
-  if { cargo test -q --test integration -- parity:: eval:: generate:: && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
+  if { cargo test -q --test integration -- parity:: eval:: generate:: labels::explain_matches && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
     echo "MUTATION SURVIVED: $desc"
     survived=1
   else
@@ -36,4 +36,7 @@ try "BOS counted in stats" src/pipeline.rs "for (row, row_hat) in x_rows.iter().
 try "BOS spliced in eval" src/eval.rs "(row % t == 0) as u8" "(row % t == usize::MAX) as u8"
 try "KL reversed" src/eval.rs ".map(|(&p, &q)| p.exp() * (p - q))" ".map(|(&p, &q)| q.exp() * (q - p))"
 try "clamp ignores the current activation" src/generate.rs "let coef = f.neg()?.broadcast_add(&self.strengths)?;" "let coef = f.zeros_like()?.broadcast_add(&self.strengths)?;"
+try "logit effects skip the final norm" src/card.rs ".map(|(&d, &w)| d * (1.0 + w))" ".map(|(&d, &w)| d * w)"
+try "logit effects scaled like the input embedding" src/card.rs "let chunk = rows.matmul(&columns)?" "let chunk = (rows * (hidden as f64).sqrt())?.matmul(&columns)?"
+try "a feature is its own neighbour" src/card.rs ".filter(|&(i, _)| i != feature)" ".filter(|_| true)"
 exit $survived

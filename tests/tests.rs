@@ -8,4 +8,6 @@ mod faults;
 mod generate;
 mod hub;
 mod hub_server;
+mod labels;
+mod neuronpedia_server;
 mod parity;

@@ -109,6 +109,15 @@ pub fn assert_close_f64(what: &str, actual: f64, expected: f64, tolerance: f64) 
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemscope"));
     cmd.env_remove("NO_COLOR").env("RUST_BACKTRACE", "1");
+    // Never Neuronpedia itself: labels come from a closed local port (a note) unless a test
+    // points these at its fake server.
+    cmd.env("NEURONPEDIA_DATASETS_URL", "http://127.0.0.1:9")
+        .env("NEURONPEDIA_URL", "http://127.0.0.1:9")
+        .env(
+            "GEMSCOPE_CACHE",
+            std::env::temp_dir().join("gemscope-tests-label-cache"),
+        )
+        .env_remove("NEURONPEDIA_API_KEY");
     cmd
 }
 

@@ -5,7 +5,7 @@ use super::{ColorArg, GenerationArgs, HookArgs, ModelArgs, OutputArgs, PromptArg
 use crate::hub::models::DEFAULT_MODEL;
 use crate::model::Site;
 use crate::report::SteerMode;
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -14,8 +14,20 @@ pub struct FeaturesArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sae: SaeArgs,
-    #[command(flatten)]
-    pub hook: HookArgs,
+    /// Zero-indexed decoder layer to hook.
+    #[arg(long, value_name = "N", required_unless_present = "layers")]
+    pub layer: Option<usize>,
+    /// Several layers in one forward pass, each read with its own SAE (loaded one at a time):
+    /// `all`, a range `0-25` or a list `3,7,20`. Output per layer under `layers[i]`, plus a
+    /// ranking of the strongest features across them.
+    #[arg(long, value_name = "all|A-B|A,B", conflicts_with_all = ["layer", "highlight", "jsonl"])]
+    pub layers: Option<String>,
+    /// Site within the layer: res (block output), mlp (MLP output), att (heads concatenated, the input of o_proj).
+    #[arg(long, value_enum, default_value_t = Site::Res)]
+    pub site: Site,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
     /// Features listed per token and in each prompt's aggregate ranking.
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub top_k: usize,
@@ -163,6 +175,9 @@ pub struct SteerArgs {
     /// every position by adding (S - f_F(x)) * W_dec[F], leaving the SAE error untouched.
     #[arg(long, value_enum, default_value_t = SteerMode::Add)]
     pub mode: SteerMode,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
     #[command(flatten)]
     pub generation: GenerationArgs,
     /// Print one JSON document instead of the side-by-side view.
@@ -205,4 +220,95 @@ pub struct ManArgs {
     /// printing gemscope(1) to standard output.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelsArgs {
+    #[command(subcommand)]
+    pub action: LabelsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabelsAction {
+    /// Download Neuronpedia's explanations of the release's SAEs into gemscope's cache
+    /// ($GEMSCOPE_CACHE, else $XDG_CACHE_HOME/gemscope, else ~/.cache/gemscope).
+    Pull(PullArgs),
+}
+
+/// The SAEs of a release whose labels to use: model, site, width and layers.
+#[derive(Debug, Clone, Args)]
+pub struct LabelSetArgs {
+    /// The model whose Gemma Scope release to use (a hub repo id; only its name counts).
+    #[arg(long, value_name = "REPO", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Site: res, mlp or att.
+    #[arg(long, value_enum, default_value_t = Site::Res)]
+    pub site: Site,
+    /// SAE width (Neuronpedia hosts the canonical SAE of each width).
+    #[arg(long, value_name = "WIDTH", default_value = "16k")]
+    pub width: String,
+    /// One layer.
+    #[arg(long, value_name = "N", conflicts_with = "layers")]
+    pub layer: Option<usize>,
+    /// Several layers: `all`, a range `0-25`, or a list `3,7,20`.
+    #[arg(long, value_name = "all|A-B|A,B")]
+    pub layers: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub set: LabelSetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// Feature ids to explain.
+    #[arg(value_name = "FEATURE", required = true)]
+    pub features: Vec<usize>,
+    /// Promoted and suppressed tokens listed per feature.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub tokens: usize,
+    /// Decoder neighbours listed per feature.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub neighbours: usize,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
+    /// Print one JSON document (`features[i]`, see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the card; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for (`dogs`, `time travel`).
+    #[arg(value_name = "QUERY")]
+    pub query: String,
+    #[command(flatten)]
+    pub set: LabelSetArgs,
+    /// Results listed.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Ask Neuronpedia's semantic search (POST /api/explanation/search) instead of the cache.
+    #[arg(long)]
+    pub online: bool,
+    /// Use only the label cache, never the network (labels not cached are skipped with a note).
+    #[arg(long, conflicts_with = "online")]
+    pub offline: bool,
+    /// Print one JSON document (`results[k]`, see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the table; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
 }

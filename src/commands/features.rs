@@ -2,13 +2,15 @@
 
 use super::{stdout, Job};
 use crate::cli::{BlockMode, FeaturesArgs};
+use crate::labels::{Labels, PendingLabels};
 use crate::model::Parts;
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
+use crate::report::layers::{rank_across_layers, LayerReport, LayersReport};
 use crate::report::{FeaturesReport, PromptLine, SCHEMA_VERSION};
 use crate::sae::SaeParts;
 use crate::ui::Ui;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -21,7 +23,11 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     ensure!(args.top_k >= 1, "--top-k must be at least 1");
     let style = ui.style(args.output.color);
     let job = Job::open(&args.model, ui)?;
-    let point = job.hook_point(&args.hook)?;
+    if let Some(spec) = &args.layers {
+        return run_layers(&args, spec, job, style, prompts);
+    }
+    let layer = args.layer.context("--layer or --layers is required")?;
+    let point = job.point(layer, args.site)?;
 
     // Tokenize everything before any large download or load, so a bad prompt fails fast.
     let tokenizer = job.tokenizer()?;
@@ -37,6 +43,13 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     if let Some(f) = args.highlight {
         sae_plan.check_feature("--highlight", f)?;
     }
+    let pending = PendingLabels::start_if(
+        sae_plan.neuronpedia().filter(|_| !args.no_labels),
+        sae_plan.d_sae,
+        point.layer,
+        job.client.offline(),
+        job.ui.quiet(),
+    );
     let sae_parts = if args.encode_only {
         SaeParts::EncoderOnly
     } else {
@@ -110,6 +123,13 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
 
     let mut out = stdout();
     let mut reports = Vec::with_capacity(prompts.len());
+    // JSONL streams each prompt as it finishes, so it waits for the labels first; the table and
+    // JSON attach them at the end, after the numbers.
+    let mut pending = Some(pending);
+    let mut labels = None;
+    if args.output.jsonl {
+        labels = finish_labels(ui, pending.take());
+    }
     for (g, group_ids) in groups.iter().enumerate() {
         let activations = if layer_major {
             std::mem::take(&mut all[g])
@@ -139,6 +159,9 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
             if let Some(neuronpedia) = sae_plan.neuronpedia() {
                 report.link_neuronpedia(neuronpedia);
             }
+            if let Some(labels) = &labels {
+                report.attach_labels(|f| labels.label(f).map(str::to_string));
+            }
             if args.output.jsonl {
                 let line = PromptLine {
                     schema_version: SCHEMA_VERSION,
@@ -154,6 +177,11 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         out.flush()?;
     }
     if !args.output.jsonl {
+        if let Some(labels) = finish_labels(ui, pending.take()) {
+            for report in &mut reports {
+                report.attach_labels(|f| labels.label(f).map(str::to_string));
+            }
+        }
         let report = FeaturesReport {
             schema_version: SCHEMA_VERSION,
             gemscope_version: env!("CARGO_PKG_VERSION"),
@@ -183,4 +211,182 @@ fn write_report(
     } else {
         output::features::write_features_table(out, report, style)
     }
+}
+
+/// The labels of a pending fetch, its notes printed.
+fn finish_labels(ui: &Ui, pending: Option<PendingLabels>) -> Option<Labels> {
+    let (labels, notes) = pending?.finish();
+    for note in notes {
+        ui.note(note);
+    }
+    labels
+}
+
+/// `features --layers`: one forward pass to the deepest requested layer with every layer's
+/// activation captured, then each layer read with its own SAE, one SAE in memory at a time.
+fn run_layers(
+    args: &FeaturesArgs,
+    spec: &str,
+    job: Job,
+    style: Style,
+    prompts: Vec<String>,
+) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let cfg = job.config();
+    let layers = super::labels::parse_layers(spec, cfg.num_hidden_layers)?;
+    if args.sae.sae.as_deref().is_some_and(|s| {
+        let path = std::path::Path::new(s);
+        path.is_file() || path.extension().is_some()
+    }) && layers.len() > 1
+    {
+        bail!(
+            "--layers reads each layer with its own SAE: pass a release (--sae REPO, or none for \
+             the default Gemma Scope release), not one SAE file"
+        );
+    }
+    let tokenizer = job.tokenizer()?;
+    let encoded = job.encode_prompts(&tokenizer, &prompts, None)?;
+    let points: Vec<_> = layers
+        .iter()
+        .map(|&layer| job.point(layer, args.site))
+        .collect::<Result<_>>()?;
+    let plans: Vec<_> = points
+        .iter()
+        .map(|&point| job.sae(&args.sae, point))
+        .collect::<Result<_>>()?;
+    for plan in &plans {
+        ensure!(
+            args.top_k <= plan.d_sae,
+            "--top-k {} is larger than the {} features of the layer-{} SAE",
+            args.top_k,
+            plan.d_sae,
+            plan.point.layer
+        );
+    }
+    let pending: Vec<PendingLabels> = plans
+        .iter()
+        .map(|plan| {
+            PendingLabels::start_if(
+                plan.neuronpedia().filter(|_| !args.no_labels),
+                plan.d_sae,
+                plan.point.layer,
+                job.client.offline(),
+                job.ui.quiet(),
+            )
+        })
+        .collect();
+    let sae_parts = if args.encode_only {
+        SaeParts::EncoderOnly
+    } else {
+        SaeParts::EncoderDecoder
+    };
+
+    // Memory: one streamed block, the largest SAE (they are loaded one at a time), and every
+    // layer's activations of every prompt (held from the forward pass until their SAE reads them).
+    let deepest = *layers.last().expect("at least one layer");
+    let parts = Parts::through_layer(deepest);
+    let mut plan = job.memory_plan(parts);
+    let largest = plans
+        .iter()
+        .max_by_key(|p| p.d_sae)
+        .expect("at least one SAE");
+    largest.add_to(&mut plan, sae_parts, true);
+    let tokens: u64 = encoded.iter().map(|ids| ids.len() as u64).sum();
+    let width = super::site_width(cfg, args.site) as u64;
+    let t = encoded.iter().map(Vec::len).max().unwrap_or(0) as u64;
+    let group = encoded.len().min(PROMPT_GROUP) as u64;
+    let inner = cfg.hidden_size.max(cfg.intermediate_size) as u64;
+    let scores = 2 * cfg.num_attention_heads as u64 * t * t * 4;
+    plan.add(
+        format!("activations of {} layers", layers.len()),
+        layers.len() as u64 * tokens * width * 4
+            + group * t * inner * 4 * 4
+            + scores
+            + 2 * t * largest.d_sae as u64 * 4,
+    );
+    let model = job.load_model(parts, &plan)?;
+    let ui = &job.ui;
+
+    // [layer][prompt] activations, from one pass per prompt group.
+    let forward_started = std::time::Instant::now();
+    let mut captured: Vec<Vec<candle_core::Tensor>> = vec![Vec::new(); layers.len()];
+    for group_ids in encoded.chunks(PROMPT_GROUP) {
+        let per_point = ui.phase("forward", || {
+            pipeline::capture_points(&model, group_ids, &points)
+        })?;
+        for (layer_acts, acts) in captured.iter_mut().zip(per_point) {
+            layer_acts.extend(acts);
+        }
+    }
+    let forward_seconds = forward_started.elapsed().as_secs_f64();
+    drop(model);
+
+    let encode_started = std::time::Instant::now();
+    let mut layer_reports = Vec::with_capacity(layers.len());
+    for ((plan, acts), pending) in plans.iter().zip(captured).zip(pending) {
+        let sae = plan.load(ui, sae_parts, &job.device)?;
+        let labels = finish_labels(ui, Some(pending));
+        let mut reports = Vec::with_capacity(prompts.len());
+        for (index, (ids, x)) in encoded.iter().zip(&acts).enumerate() {
+            let input = PromptInput {
+                index,
+                text: &prompts[index],
+                ids,
+                pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect(),
+            };
+            let encoded = ui.phase("encode", || pipeline::encode(x, &sae))?;
+            let mut report = ui
+                .phase("metrics", || {
+                    pipeline::analyze(input, x, &encoded, sae.d_sae(), plan.point, args.top_k)
+                })
+                .with_context(|| format!("layer {} prompt {}", plan.point.layer, index + 1))?;
+            if let Some(neuronpedia) = plan.neuronpedia() {
+                report.link_neuronpedia(neuronpedia);
+            }
+            if let Some(labels) = &labels {
+                report.attach_labels(|f| labels.label(f).map(str::to_string));
+            }
+            reports.push(report);
+        }
+        layer_reports.push(LayerReport {
+            layer: plan.point.layer,
+            sae: plan.info(),
+            prompts: reports,
+        });
+    }
+    let encode_seconds = encode_started.elapsed().as_secs_f64();
+    let ranking = (0..prompts.len())
+        .map(|i| rank_across_layers(&layer_reports, i, args.top_k))
+        .collect();
+    let report = LayersReport {
+        schema_version: SCHEMA_VERSION,
+        gemscope_version: env!("CARGO_PKG_VERSION"),
+        model: job.model_info(),
+        site: args.site,
+        top_k: args.top_k,
+        layers: layer_reports,
+        ranking,
+    };
+    let mut out = stdout();
+    ui.phase("output", || -> std::io::Result<()> {
+        if args.output.json {
+            output::json::write_json(&mut out, &report)
+        } else {
+            output::features::write_layers_table(&mut out, &report, style)
+        }
+    })?;
+    out.flush()?;
+    let peak = crate::system::peak_memory().map_or("unknown".to_string(), |bytes| {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    });
+    ui.note(format!(
+        "{} layer{} from one forward pass through {} blocks: forward {forward_seconds:.2} s, \
+         SAEs {encode_seconds:.2} s, total {:.2} s; peak memory {peak}",
+        layers.len(),
+        if layers.len() == 1 { "" } else { "s" },
+        deepest + 1,
+        started.elapsed().as_secs_f64(),
+    ));
+    ui.report_phases();
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,11 +3,14 @@
 
 pub mod activations;
 pub mod eval;
+pub mod explain;
 pub mod features;
 pub mod generate;
 pub mod job;
+pub mod labels;
 pub mod list_saes;
 pub mod meta;
+pub mod search;
 pub mod steer;
 
 pub use job::{check_sae_width, site_width, Job, SaePlan};

@@ -4,6 +4,7 @@
 use super::{note_speed, stdout, Job};
 use crate::cli::SteerArgs;
 use crate::generate::{self, GenerateOptions, Steering};
+use crate::labels::PendingLabels;
 use crate::model::{NoHook, Parts, Site};
 use crate::output;
 use crate::report::{SamplingInfo, SteerReport, SteeringEntry, SCHEMA_VERSION};
@@ -48,6 +49,13 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
     for &(f, _) in &steering {
         sae_plan.check_feature("--feature", f)?;
     }
+    let pending = PendingLabels::start_if(
+        sae_plan.neuronpedia().filter(|_| !args.no_labels),
+        sae_plan.d_sae,
+        point.layer,
+        job.client.offline(),
+        job.ui.quiet(),
+    );
     let parts = Parts::full(job.config());
     let mut plan = job.memory_plan(parts);
     sae_plan.add_to(&mut plan, SaeParts::EncoderDecoder, false);
@@ -70,6 +78,15 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
         Ok((baseline, steered))
     })?;
 
+    let (labels, notes) = pending.finish();
+    for note in notes {
+        ui.note(note);
+    }
+    let label_of = |f: usize| {
+        labels
+            .as_ref()
+            .and_then(|l| l.label(f as u32).map(str::to_string))
+    };
     let report = SteerReport {
         schema_version: SCHEMA_VERSION,
         gemscope_version: env!("CARGO_PKG_VERSION"),
@@ -83,6 +100,7 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
             .map(|&(feature, strength)| SteeringEntry {
                 feature: feature as u32,
                 strength,
+                label: label_of(feature),
                 neuronpedia_url: sae_plan.neuronpedia().map(|n| n.url(feature as u32)),
             })
             .collect(),

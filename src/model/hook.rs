@@ -85,3 +85,28 @@ impl Hook for Capture {
         Ok(None)
     }
 }
+
+/// Keeps a copy of the activation at each of several hook points (one forward pass reads them
+/// all: `features --layers`).
+#[derive(Debug)]
+pub struct MultiCapture {
+    pub points: Vec<HookPoint>,
+    /// The activation of `points[i]`, once the pass has reached it.
+    pub values: Vec<Option<Tensor>>,
+}
+
+impl MultiCapture {
+    pub fn new(points: Vec<HookPoint>) -> Self {
+        let values = vec![None; points.len()];
+        Self { points, values }
+    }
+}
+
+impl Hook for MultiCapture {
+    fn visit(&mut self, point: HookPoint, activation: &Tensor) -> Result<Option<Tensor>> {
+        if let Some(i) = self.points.iter().position(|&p| p == point) {
+            self.values[i] = Some(activation.clone());
+        }
+        Ok(None)
+    }
+}

@@ -9,7 +9,7 @@ pub mod weights;
 pub use batch::PaddedBatch;
 pub use config::{AttentionKind, Config};
 pub use gemma2::{Gemma2, KvCache, Parts, SequenceContext};
-pub use hook::{Capture, Hook, HookPoint, NoHook, Site};
+pub use hook::{Capture, Hook, HookPoint, MultiCapture, NoHook, Site};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};

@@ -29,7 +29,11 @@ pub fn write_features_table(
     Ok(())
 }
 
-fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) -> io::Result<()> {
+pub(crate) fn write_prompt_table(
+    w: &mut dyn Write,
+    prompt: &PromptReport,
+    style: Style,
+) -> io::Result<()> {
     writeln!(
         w,
         "{} {}",
@@ -115,18 +119,30 @@ fn write_prompt_table(w: &mut dyn Write, prompt: &PromptReport, style: Style) ->
         writeln!(w, "  {}", style.dim("no feature fired on this prompt"))?;
         return Ok(());
     }
+    // The label column appears when a label is cached, cut to what the terminal has left.
+    let labelled = prompt.top_features.iter().any(|f| f.label.is_some());
+    let label_width = style.width.saturating_sub(44).max(20);
     writeln!(
         w,
         "  {}",
         style.dim(&format!(
-            "{:<10}{:>10}{:>10}{:>8}",
-            "top feature", "sum", "max", "tokens"
+            "{:<10}{:>10}{:>10}{:>8}{}",
+            "top feature",
+            "sum",
+            "max",
+            "tokens",
+            if labelled { "  label" } else { "" }
         ))
     )?;
     for f in &prompt.top_features {
+        let label = match (&f.label, labelled) {
+            (Some(label), _) => format!("  {}", super::card::truncate_label(label, label_width)),
+            (None, true) => format!("  {}", style.dim("-")),
+            (None, false) => String::new(),
+        };
         writeln!(
             w,
-            "  {}{}{:>10.2}{:>8}",
+            "  {}{}{:>10.2}{:>8}{label}",
             style.feature(&format!("#{:<9}", f.stats.feature)),
             style.value(&format!("{:>10.2}", f.stats.activation_sum)),
             f.stats.activation_max,
@@ -184,6 +200,76 @@ fn write_highlight(
         }
     }
     writeln!(w, "  {line}")
+}
+
+/// The human view of `gemscope features --layers`: each layer's per-prompt tables, then each
+/// prompt's strongest features across the layers.
+pub fn write_layers_table(
+    w: &mut dyn Write,
+    report: &crate::report::layers::LayersReport,
+    style: Style,
+) -> io::Result<()> {
+    let layers: Vec<String> = report.layers.iter().map(|l| l.layer.to_string()).collect();
+    writeln!(
+        w,
+        "{} layers {} {} · one forward pass · {} {}",
+        style.bold("gemscope features:"),
+        layers.join(","),
+        report.site,
+        report.model.device,
+        report.model.dtype
+    )?;
+    for layer in &report.layers {
+        writeln!(w)?;
+        writeln!(
+            w,
+            "{} · SAE {} features ({})",
+            style.bold(&format!("layer {}", layer.layer)),
+            layer.sae.d_sae,
+            layer.sae.source
+        )?;
+        for prompt in &layer.prompts {
+            write_prompt_table(w, prompt, style)?;
+        }
+    }
+    let label_width = style.width.saturating_sub(50).max(20);
+    for ranking in &report.ranking {
+        writeln!(w)?;
+        writeln!(
+            w,
+            "{} {}",
+            style.bold(&format!(
+                "prompt {}, strongest across layers:",
+                ranking.index + 1
+            )),
+            display_prompt(&ranking.text)
+        )?;
+        writeln!(
+            w,
+            "  {}",
+            style.dim(&format!(
+                "{:>5}  {:<9}{:>10}{:>10}{:>8}  label",
+                "layer", "feature", "sum", "max", "tokens"
+            ))
+        )?;
+        for f in &ranking.top_features {
+            let label = f
+                .label
+                .as_deref()
+                .map(|l| super::card::truncate_label(l, label_width))
+                .unwrap_or_else(|| style.dim("-"));
+            writeln!(
+                w,
+                "  {:>5}  {}{}{:>10.2}{:>8}  {label}",
+                f.layer,
+                style.feature(&format!("#{:<8}", f.feature)),
+                style.value(&format!("{:>10.2}", f.activation_sum)),
+                f.activation_max,
+                f.active_tokens
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -53,7 +53,15 @@ pub fn write_steer_view(w: &mut dyn Write, report: &SteerReport, style: Style) -
     let steering: Vec<String> = report
         .steering
         .iter()
-        .map(|s| format!("#{} {:+}", s.feature, s.strength))
+        .map(|s| match &s.label {
+            Some(label) => format!(
+                "#{} ({}) {:+}",
+                s.feature,
+                super::card::truncate_label(label, 40),
+                s.strength
+            ),
+            None => format!("#{} {:+}", s.feature, s.strength),
+        })
         .collect();
     let steering = steering.join(", ");
     writeln!(

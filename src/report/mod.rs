@@ -1,5 +1,9 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
+pub mod card;
+pub mod layers;
+pub mod search;
+
 use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::{HookPoint, Site};
 use serde::{Deserialize, Serialize};
@@ -114,6 +118,8 @@ impl From<&Neuronpedia> for NeuronpediaInfo {
 pub struct TopFeature {
     pub feature: u32,
     pub activation: f32,
+    /// The feature's first Neuronpedia label when cached; `null` otherwise.
+    pub label: Option<String>,
     /// The feature's Neuronpedia page, for canonical Gemma Scope SAEs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neuronpedia_url: Option<String>,
@@ -124,6 +130,7 @@ impl From<FeatureActivation> for TopFeature {
         Self {
             feature: f.feature,
             activation: f.activation,
+            label: None,
             neuronpedia_url: None,
         }
     }
@@ -134,6 +141,8 @@ impl From<FeatureActivation> for TopFeature {
 pub struct AggregateTopFeature {
     #[serde(flatten)]
     pub stats: AggregateFeature,
+    /// The feature's first Neuronpedia label when cached; `null` otherwise.
+    pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neuronpedia_url: Option<String>,
 }
@@ -142,6 +151,7 @@ impl From<AggregateFeature> for AggregateTopFeature {
     fn from(stats: AggregateFeature) -> Self {
         Self {
             stats,
+            label: None,
             neuronpedia_url: None,
         }
     }
@@ -198,6 +208,18 @@ impl PromptReport {
         }
         for f in &mut self.top_features {
             f.neuronpedia_url = Some(neuronpedia.url(f.stats.feature));
+        }
+    }
+
+    /// Puts each listed feature's label (`label_of(feature)`) next to it.
+    pub fn attach_labels(&mut self, label_of: impl Fn(u32) -> Option<String>) {
+        for token in &mut self.tokens {
+            for f in &mut token.top_features {
+                f.label = label_of(f.feature);
+            }
+        }
+        for f in &mut self.top_features {
+            f.label = label_of(f.stats.feature);
         }
     }
 }
@@ -334,6 +356,8 @@ pub struct GenerateReport {
 pub struct SteeringEntry {
     pub feature: u32,
     pub strength: f32,
+    /// The feature's first Neuronpedia label when cached; `null` otherwise.
+    pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neuronpedia_url: Option<String>,
 }
