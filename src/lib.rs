@@ -10,6 +10,7 @@
 //! Dependencies point one way: `main -> cli/commands -> (hub, model, sae, pipeline, eval,
 //! generate) -> (metrics, report) -> output`; [`system`], [`npy`] and [`tokenizer`] are leaves.
 
+pub mod attribution;
 pub mod cli;
 pub mod commands;
 pub mod eval;
