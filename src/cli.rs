@@ -55,6 +55,8 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the gemscope(1) man page (roff) to standard output, or every page into a directory.
     Man(ManArgs),
+    /// Rank the SAE features behind one output token: gradient x activation through the later blocks.
+    Attribute(AttributeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
