@@ -75,6 +75,18 @@ pub struct Attribution {
     /// The SAE error term's attribution per position of the prompt (`ids.len()` entries): 0 for
     /// BOS, which is not spliced, and for positions after `position`, which cannot affect it.
     pub error: Vec<f64>,
+    pub timings: Timings,
+}
+
+/// Where the time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Blocks `0..L`, streamed, without gradients.
+    pub forward_before: f64,
+    /// Block `L` with the splice, blocks `L+1..` and the head, keeping the graph.
+    pub forward_after: f64,
+    /// The backward pass: head, later blocks, splice.
+    pub backward: f64,
 }
 
 /// The exact effect of removing one feature: the metric with its activation set to 0 in the
@@ -306,11 +318,15 @@ pub fn attribute(
     let fast = model.context(n)?;
     let ctx = model.context(n)?.with_gradients();
     let point = request.point;
+    let mut timings = Timings::default();
+    let clock = std::time::Instant::now();
 
     // Blocks before the hook point's layer need no gradient: the usual kernels, streamed.
     let block_input = model
         .run_blocks(model.embed(&input)?, 0..point.layer, &fast, &mut NoHook)
         .with_context(|| format!("forward pass to layer {} failed", point.layer))?;
+    timings.forward_before = clock.elapsed().as_secs_f64();
+    let clock = std::time::Instant::now();
 
     let mut splice = Splice {
         x: None,
@@ -364,6 +380,9 @@ pub fn attribute(
         "the metric is not finite ({metric_value}); the model overflowed (try --dtype f32)"
     );
 
+    timings.forward_after = clock.elapsed().as_secs_f64();
+    let clock = std::time::Instant::now();
+
     // Backward: head, then block by block, then the splice.
     let d_h = head_backward(
         model,
@@ -400,6 +419,8 @@ pub fn attribute(
         None => zero_grad(&err)?,
     };
 
+    timings.backward = clock.elapsed().as_secs_f64();
+
     let f_rows = f.as_tensor().to_vec2::<f32>()?;
     let d_f_rows = d_f.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut features = Vec::new();
@@ -432,6 +453,7 @@ pub fn attribute(
         probability,
         features,
         error,
+        timings,
     };
     let prepared = Prepared {
         block_input,

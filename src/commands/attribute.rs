@@ -2,7 +2,7 @@
 
 use super::{check_sae_width, hook_point, model_info, open_model, resolve_sae, sae_info};
 use crate::attribution::{self, FeatureAttribution, LaterBlocks, Metric, Request};
-use crate::cli::{dtype_name, select_device, ColorArg, HookArgs, ModelArgs, SaeArgs};
+use crate::cli::{select_device, ColorArg, HookArgs, ModelArgs, SaeArgs};
 use crate::hub;
 use crate::model::{self, Config, Parts, Site};
 use crate::output::{self, Style};
@@ -210,11 +210,21 @@ pub fn run(args: AttributeArgs) -> Result<ExitCode> {
         metric: args.metric,
     };
     let (result, prepared) = attribution::attribute(&model, &later, &sae, &ids, &request)?;
+    let t = result.timings;
+    eprintln!(
+        "gemscope: note: blocks 0..{} {:.2} s; splice and blocks {}.. forward {:.2} s, backward {:.2} s",
+        point.layer, t.forward_before, point.layer, t.forward_after, t.backward
+    );
     let ablations = if args.ablate > 0 {
+        let clock = std::time::Instant::now();
         let chosen = &result.features[..args.ablate.min(result.features.len())];
-        Some(attribution::ablate(
-            &model, &later, &sae, &prepared, chosen,
-        )?)
+        let list = attribution::ablate(&model, &later, &sae, &prepared, chosen)?;
+        eprintln!(
+            "gemscope: note: {} ablation reruns {:.2} s",
+            list.len(),
+            clock.elapsed().as_secs_f64()
+        );
+        Some(list)
     } else {
         None
     };
@@ -304,13 +314,6 @@ pub fn run(args: AttributeArgs) -> Result<ExitCode> {
         )?;
     }
     out.flush()?;
-    eprintln!(
-        "gemscope: note: attributed {} active features at layer {} {} ({})",
-        report.active_features,
-        point.layer,
-        point.site,
-        dtype_name(dtype)
-    );
     Ok(ExitCode::SUCCESS)
 }
 
