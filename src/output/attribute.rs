@@ -127,7 +127,7 @@ pub fn write_attribution(
                 None => line.push_str(&format!("  {:>12}  {:>12}", "", "")),
             }
         }
-        writeln!(w, "  {line}")?;
+        writeln!(w, "  {}", line.trim_end())?;
     }
     if report.attributions.is_empty() {
         writeln!(
