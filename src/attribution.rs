@@ -14,31 +14,10 @@
 //! and one block's worth of them at a time is what this keeps in memory.
 
 use crate::model::{Gemma2, Hook, HookPoint, NoHook, SequenceContext, Site};
+pub use crate::report::attribution::Metric;
 use crate::sae::JumpReluSae;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
-
-/// The quantity whose gradient is taken, read at the target token of the chosen position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// The target's probability (softmax of the soft-capped logits).
-    Prob,
-    /// The target's log-probability.
-    Logprob,
-    /// The target's soft-capped logit, as the model outputs it.
-    Logit,
-}
-
-impl Metric {
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Prob => "prob",
-            Metric::Logprob => "logprob",
-            Metric::Logit => "logit",
-        }
-    }
-}
 
 /// What to attribute: the metric of `target` (default: the most likely token) in the
 /// next-token distribution at `position` (0-based, BOS is 0, at least 1).
@@ -357,7 +336,7 @@ pub fn attribute(
         );
     };
     let x_rows = x.to_vec2::<f32>()?;
-    crate::pipeline::ensure_finite(&x_rows, point)?;
+    crate::metrics::ensure_finite(&x_rows, point)?;
 
     // Forward through the later blocks, each on a variable holding its input.
     let mut segments: Vec<(Var, Tensor)> = Vec::with_capacity(later.after.len());

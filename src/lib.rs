@@ -42,6 +42,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::ListSaes(args) => commands::list_saes::run(args, ui),
         Command::Generate(args) => commands::generate::run(args, ui),
         Command::Steer(args) => commands::steer::run(args, ui),
+        Command::Attribute(args) => commands::attribute::run(args, ui),
         Command::Completions(args) => commands::meta::completions(args),
         Command::Man(args) => commands::meta::man(args),
     }

@@ -5,7 +5,7 @@ use crate::util::{assert_fails_with, fixture, fixture_arg, json_of, run, stdout}
 use candle_core::{DType, Device, Tensor};
 use gemscope::attribution::{self, LaterBlocks, Metric, Request};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, HookPoint, Parts, Site};
+use gemscope::model::{HookPoint, Parts, Site};
 use gemscope::npy::NpzArchive;
 use gemscope::sae::{JumpReluSae, SaeParts};
 use serde_json::Value;
@@ -343,7 +343,7 @@ fn gradients_match_finite_differences_in_f64() {
         resident: false,
     };
     let device = Device::Cpu;
-    let model = model::load(&files, parts, DType::F64, &device).unwrap();
+    let model = crate::util::load_model(&files, parts, DType::F64, &device).unwrap();
     let ids: Vec<u32> = {
         let json = std::fs::read_to_string(fixture("tiny").join("reference.json")).unwrap();
         let reference: Value = serde_json::from_str(&json).unwrap();

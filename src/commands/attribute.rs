@@ -1,108 +1,59 @@
 //! `gemscope attribute`: which SAE features made the model predict a token (gradient x activation).
 
-use super::{check_sae_width, hook_point, model_info, open_model, resolve_sae, sae_info};
-use crate::attribution::{self, FeatureAttribution, LaterBlocks, Metric, Request};
-use crate::cli::{select_device, ColorArg, HookArgs, ModelArgs, SaeArgs};
-use crate::hub;
-use crate::model::{self, Config, Parts, Site};
-use crate::output::{self, Style};
+use super::{stdout, Job};
+use crate::attribution::{self, FeatureAttribution, LaterBlocks, Request};
+use crate::cli::AttributeArgs;
+use crate::model::{Config, Parts, Site};
+use crate::output;
 use crate::report::attribution::{
     AblationEntry, AttributionEntry, AttributionReport, FeatureTotal, PromptToken, TargetInfo,
 };
 use crate::report::SCHEMA_VERSION;
-use crate::sae::{self, JumpReluSae, SaeParts};
+use crate::sae::SaeParts;
 use crate::system::MemoryPlan;
 use crate::tokenizer::PromptTokenizer;
+use crate::ui::Ui;
 use anyhow::{bail, ensure, Result};
 use candle_core::DType;
-use clap::Args;
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
-#[derive(Debug, Args)]
-pub struct AttributeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub sae: SaeArgs,
-    #[command(flatten)]
-    pub hook: HookArgs,
-    /// The prompt (BOS is prepended).
-    #[arg(value_name = "PROMPT")]
-    pub prompt: String,
-    /// The output token to explain, as text that must be exactly one token (mind the leading
-    /// space: " Paris"). Default: the model's most likely next token.
-    #[arg(long, value_name = "TEXT", conflicts_with = "target_id")]
-    pub target: Option<String>,
-    /// The output token to explain, by id.
-    #[arg(long, value_name = "N")]
-    pub target_id: Option<u32>,
-    /// The position whose next-token distribution is read (BOS is 0). Default: the last token.
-    #[arg(long, value_name = "P")]
-    pub position: Option<usize>,
-    /// What is differentiated: the target's probability, log-probability, or soft-capped logit.
-    #[arg(long, value_enum, default_value_t = Metric::Prob)]
-    pub metric: Metric,
-    /// Also remove each of the K largest attributions (activation set to 0 in the splice, later
-    /// blocks rerun) and report the exact change of the metric next to its linear estimate.
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    pub ablate: usize,
-    /// Attributions and features listed.
-    #[arg(long, default_value_t = 20, value_name = "K")]
-    pub top_k: usize,
-    /// List every active feature at every position.
-    #[arg(long)]
-    pub all: bool,
-    /// Print one JSON document (the schema is in the README).
-    #[arg(long)]
-    pub json: bool,
-    /// Colour in the human view; NO_COLOR, when set, always turns it off.
-    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
-    pub color: ColorArg,
-}
-
-/// The large allocations: the embedding (the tied LM head), the blocks kept for the backward
-/// pass, one streamed block, the SAE, and the activations of the later blocks.
-fn memory_plan(
+/// Adds what attribution holds beyond one streamed block and the SAE: the embedding (the tied LM
+/// head), the blocks kept for the backward pass, and their activations and gradients.
+fn add_to_plan(
+    plan: &mut MemoryPlan,
     cfg: &Config,
     dtype: DType,
     site: Site,
     layer: usize,
-    d_in: usize,
     d_sae: usize,
     tokens: usize,
-) -> MemoryPlan {
+) {
     let f32_bytes = 4u64;
     let size = dtype.size_in_bytes() as u64;
-    let mut plan = MemoryPlan::default();
     plan.add(
         "embedding (LM head)",
         (cfg.vocab_size * cfg.hidden_size) as u64 * size,
     );
-    let kept = cfg.num_hidden_layers - layer - usize::from(site == Site::Res);
+    let kept = (cfg.num_hidden_layers - layer - usize::from(site == Site::Res)) as u64;
     let block = cfg.block_parameters() * size;
     plan.add(
         format!("{kept} blocks kept for the backward pass"),
-        kept as u64 * block,
+        kept * block,
     );
-    plan.add("one streamed block", block);
     if dtype == DType::F32 {
-        plan.saving("--dtype bf16", (kept as u64 + 1) * block / 2);
+        plan.saving("--dtype bf16", kept * block / 2);
     }
-    plan.add("SAE", 2 * (d_in * d_sae) as u64 * f32_bytes);
-    // Per kept block: a dozen [t, hidden or ffn] activations, attention scores, and at most one
-    // block's weight-sized gradients (candle computes them; they are dropped block by block).
+    // Per kept block: a dozen [t, hidden or ffn] activations and the attention scores; at most
+    // one block's weight-sized gradients (candle computes them; they go block by block).
     let t = tokens as u64;
     let width = cfg.hidden_size.max(cfg.intermediate_size) as u64;
     let scores = 4 * cfg.num_attention_heads as u64 * t * t * f32_bytes;
     plan.add(
         "activations and gradients",
-        kept as u64 * (12 * t * width * f32_bytes + scores)
-            + block
-            + 3 * t * d_sae as u64 * f32_bytes,
+        kept * (12 * t * width * f32_bytes + scores) + block + 3 * t * d_sae as u64 * f32_bytes,
     );
-    plan
 }
 
 /// The target id from `--target`/`--target-id`, checked; `None` for the most likely token.
@@ -155,17 +106,16 @@ fn read_position(requested: Option<usize>, tokens: usize) -> Result<usize> {
     }
 }
 
-pub fn run(args: AttributeArgs) -> Result<ExitCode> {
+pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
     ensure!(args.top_k >= 1, "--top-k must be at least 1");
     ensure!(!args.prompt.is_empty(), "the prompt is empty");
-    let device = select_device(args.model.device)?;
-    let dtype = args.model.dtype.dtype();
-    let (client, files) = open_model(&args.model)?;
-    let cfg = &files.config;
-    let point = hook_point(&args.hook, cfg)?;
+    let style = ui.style(args.color);
+    let job = Job::open(&args.model, ui)?;
+    let point = job.hook_point(&args.hook)?;
+    let cfg = job.config();
 
     // Tokens, target and position are checked before anything large is fetched or loaded.
-    let tokenizer = PromptTokenizer::from_file(&files.tokenizer, cfg.bos_token_id)?;
+    let tokenizer = job.tokenizer()?;
     let ids = tokenizer.encode(&args.prompt)?;
     ensure!(
         ids.len() >= 2,
@@ -180,63 +130,66 @@ pub fn run(args: AttributeArgs) -> Result<ExitCode> {
     let position = read_position(args.position, ids.len())?;
     let explicit_target = target_id(&args, &tokenizer, cfg)?;
 
-    let resolved = resolve_sae(&client, &args.sae, &files, point)?;
-    let (d_in, d_sae) = sae::read_dims(&resolved.path)?;
-    check_sae_width(d_in, point.site, cfg)?;
-    memory_plan(
-        cfg,
-        dtype,
-        point.site,
-        point.layer,
-        d_in,
-        d_sae,
-        position + 1,
-    )
-    .check_available()?;
-
+    let sae_plan = job.sae(&args.sae, point)?;
+    // Every block (those before the hook point streamed) and the LM head.
     let parts = Parts {
         blocks: cfg.num_hidden_layers,
         head: true,
         resident: false,
     };
-    hub::fetch_weights(&client, &files, parts)?;
-    let sae = JumpReluSae::load(&resolved.path, d_in, SaeParts::EncoderDecoder, &device)?;
-    let model = model::load(&files, parts, dtype, &device)?;
-    let later = LaterBlocks::build(&model, point)?;
+    let mut plan = job.memory_plan(parts);
+    sae_plan.add_to(&mut plan, SaeParts::EncoderDecoder, false);
+    add_to_plan(
+        &mut plan,
+        cfg,
+        job.dtype,
+        point.site,
+        point.layer,
+        sae_plan.d_sae,
+        position + 1,
+    );
+    let model = job.load_model(parts, &plan)?;
+    let sae = sae_plan.load(&job.ui, SaeParts::EncoderDecoder, &job.device)?;
+    let ui = &job.ui;
+    let later = ui.phase("load", || LaterBlocks::build(&model, point))?;
     let request = Request {
         point,
         position,
         target: explicit_target,
         metric: args.metric,
     };
-    let (result, prepared) = attribution::attribute(&model, &later, &sae, &ids, &request)?;
+    let (result, prepared) = ui.phase("forward", || {
+        attribution::attribute(&model, &later, &sae, &ids, &request)
+    })?;
     let t = result.timings;
-    eprintln!(
-        "gemscope: note: blocks 0..{} {:.2} s; splice and blocks {}.. forward {:.2} s, backward {:.2} s",
+    ui.note(format!(
+        "blocks 0..{} {:.2} s; the splice and blocks {}.. forward {:.2} s, backward {:.2} s",
         point.layer, t.forward_before, point.layer, t.forward_after, t.backward
-    );
+    ));
     let ablations = if args.ablate > 0 {
         let clock = std::time::Instant::now();
         let chosen = &result.features[..args.ablate.min(result.features.len())];
-        let list = attribution::ablate(&model, &later, &sae, &prepared, chosen)?;
-        eprintln!(
-            "gemscope: note: {} ablation reruns {:.2} s",
+        let list = ui.phase("forward", || {
+            attribution::ablate(&model, &later, &sae, &prepared, chosen)
+        })?;
+        ui.note(format!(
+            "{} ablation reruns {:.2} s",
             list.len(),
             clock.elapsed().as_secs_f64()
-        );
+        ));
         Some(list)
     } else {
         None
     };
 
     let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.piece(id)).collect();
-    let url = |feature: u32| resolved.neuronpedia.as_ref().map(|n| n.url(feature));
+    let url = |feature: u32| sae_plan.neuronpedia().map(|n| n.url(feature));
     let limit = if args.all { usize::MAX } else { args.top_k };
     let report = AttributionReport {
         schema_version: SCHEMA_VERSION,
         gemscope_version: env!("CARGO_PKG_VERSION"),
-        model: model_info(&files, &device, dtype),
-        sae: sae_info(&resolved, d_in, d_sae),
+        model: job.model_info(),
+        sae: sae_plan.info(),
         hook: point,
         prompt: args.prompt.clone(),
         tokens: ids
@@ -300,20 +253,16 @@ pub fn run(args: AttributeArgs) -> Result<ExitCode> {
         }),
     };
 
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    if args.json {
-        output::write_json(&mut out, &report)?;
-    } else {
-        output::attribute::write_attribution(
-            &mut out,
-            &report,
-            Style {
-                color: args.color.enabled(),
-            },
-        )?;
-    }
+    let mut out = stdout();
+    ui.phase("output", || {
+        if args.json {
+            output::json::write_json(&mut out, &report)
+        } else {
+            output::attribute::write_attribution(&mut out, &report, style)
+        }
+    })?;
     out.flush()?;
+    ui.report_phases();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,6 @@
 //! The human view of `gemscope attribute`: target, ranked attributions, error share, shaded tokens.
 
-use super::{clip, display_piece, display_prompt, pad, Style};
+use super::style::{clip, display_piece, display_prompt, pad, Style};
 use crate::report::attribution::AttributionReport;
 use std::io::{self, Write};
 use unicode_width::UnicodeWidthStr;

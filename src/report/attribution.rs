@@ -2,9 +2,30 @@
 //! error's share and ablation checks.
 
 use super::{ModelInfo, SaeInfo};
-use crate::attribution::Metric;
 use crate::model::HookPoint;
 use serde::Serialize;
+
+/// The quantity whose gradient is taken, read at the target token of the chosen position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// The target's probability (softmax of the soft-capped logits).
+    Prob,
+    /// The target's log-probability.
+    Logprob,
+    /// The target's soft-capped logit, as the model outputs it.
+    Logit,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Prob => "prob",
+            Metric::Logprob => "logprob",
+            Metric::Logit => "logit",
+        }
+    }
+}
 
 /// One token of the prompt, BOS first.
 #[derive(Debug, Clone, Serialize)]
