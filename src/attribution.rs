@@ -319,11 +319,13 @@ pub fn attribute(
             sae,
         };
         match &later.own {
+            // The splice is inside block L: the rest of it is differentiated.
             Some(block) => block.forward(&block_input, &ctx, &mut hook, None)?,
+            // The splice is block L's output: block L itself needs no gradient.
             None => model.run_blocks(
                 block_input.clone(),
                 point.layer..point.layer + 1,
-                &ctx,
+                &fast,
                 &mut hook,
             )?,
         }

@@ -163,8 +163,8 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
     })?;
     let t = result.timings;
     ui.note(format!(
-        "blocks 0..{} {:.2} s; the splice and blocks {}.. forward {:.2} s, backward {:.2} s",
-        point.layer, t.forward_before, point.layer, t.forward_after, t.backward
+        "blocks before layer {} {:.2} s; the splice and later blocks: forward {:.2} s, backward {:.2} s",
+        point.layer, t.forward_before, t.forward_after, t.backward
     ));
     let ablations = if args.ablate > 0 {
         let clock = std::time::Instant::now();

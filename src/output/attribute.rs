@@ -23,6 +23,15 @@ fn fmt_signed(v: f64) -> String {
     format!("{v:+.decimals$}")
 }
 
+/// A probability with four decimals, or four significant digits below 0.001 (`2.153e-7`).
+fn fmt_probability(p: f64) -> String {
+    if p >= 1e-3 || p == 0.0 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.3e}")
+    }
+}
+
 /// The shade of `value` relative to the largest magnitude: `None` for 0.
 fn shade(value: f64, max: f64) -> Option<u8> {
     if value == 0.0 || max <= 0.0 {
@@ -69,7 +78,7 @@ pub fn write_attribution(
         target.id,
         target.position,
         display_piece(&at.text),
-        style.value(&format!("{:.4}", target.probability)),
+        style.value(&fmt_probability(target.probability)),
         report.metric.name(),
         style.bold(&format!("{:.6}", report.metric_value))
     )?;
@@ -229,5 +238,7 @@ mod tests {
         assert_eq!(shade(1.0, 1.0), Some(202));
         assert_eq!(shade(-0.1, 1.0), Some(195));
         assert_eq!(shade(0.0, 1.0), None);
+        assert_eq!(fmt_probability(0.92192), "0.9219");
+        assert_eq!(fmt_probability(6.9e-7), "6.900e-7");
     }
 }
