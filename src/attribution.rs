@@ -87,15 +87,16 @@ struct Head {
 }
 
 impl Head {
-    /// The final norm, the tied unembedding (f32 matmul) and the soft-cap (f64) on `h` `[1, hidden]`.
-    fn run(model: &Gemma2, h: &Tensor) -> Result<Self> {
-        let (norm, embed) = model.head().context("the LM head was not loaded")?;
-        let normed = norm.forward_differentiable(h)?;
-        let z = normed
-            .matmul(&embed.t()?)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
+    /// The final norm, the tied unembedding (f32 matmuls, one slice of the vocabulary at a
+    /// time) and the soft-cap (f64) on `h` `[1, hidden]`.
+    fn run(model: &Gemma2, later: &LaterBlocks, h: &Tensor) -> Result<Self> {
+        let normed = later.norm.forward_differentiable(h)?;
+        let mut z = Vec::with_capacity(model.config().vocab_size);
+        for (start, len) in vocab_slices(model.config().vocab_size) {
+            let rows = model.embedding_rows(start, len)?;
+            let slice = normed.matmul(&rows.t()?)?.to_dtype(DType::F64)?;
+            z.extend(slice.flatten_all()?.to_vec1::<f64>()?);
+        }
         let cap = model.config().final_logit_softcapping;
         let (logits, cap_slope) = z
             .iter()
@@ -181,18 +182,37 @@ impl Head {
 /// `d metric / d h` for the last-block output row `h` `[1, hidden]` at the read position, from
 /// the head's gradient over the pre-cap logits: back through the unembedding (a matmul with the
 /// embedding matrix) and the final norm (autograd on the norm alone).
-fn head_backward(model: &Gemma2, h: &Tensor, d_z: &[f64]) -> Result<Tensor> {
-    let (norm, embed) = model.head().context("the LM head was not loaded")?;
-    let d_z = Tensor::from_slice(d_z, (1, d_z.len()), h.device())?.to_dtype(embed.dtype())?;
-    let d_normed = d_z.matmul(embed)?;
+fn head_backward(model: &Gemma2, later: &LaterBlocks, h: &Tensor, d_z: &[f64]) -> Result<Tensor> {
+    let mut d_normed: Option<Tensor> = None;
+    for (start, len) in vocab_slices(d_z.len()) {
+        let rows = model.embedding_rows(start, len)?;
+        let d_slice = Tensor::from_slice(&d_z[start..start + len], (1, len), h.device())?
+            .to_dtype(rows.dtype())?;
+        let part = d_slice.matmul(&rows)?;
+        d_normed = Some(match d_normed {
+            Some(sum) => (sum + part)?,
+            None => part,
+        });
+    }
+    let d_normed = d_normed.context("the vocabulary is empty")?;
     let h = Var::from_tensor(&h.detach())?;
-    let normed = norm.forward_differentiable(h.as_tensor())?;
+    let normed = later.norm.forward_differentiable(h.as_tensor())?;
     let d_normed = d_normed.to_dtype(normed.dtype())?;
     let grads = (normed * d_normed)?.sum_all()?.backward()?;
     grads
         .get(h.as_tensor())
         .cloned()
         .context("the final norm's gradient is missing")
+}
+
+/// Rows of the embedding matrix the LM head reads at a time: 8192 x 2304 f32 is 75 MB for
+/// Gemma 2 2B, whose whole matrix (2.4 GB) is then never in memory at once.
+const VOCAB_SLICE: usize = 8192;
+
+fn vocab_slices(vocab: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..vocab)
+        .step_by(VOCAB_SLICE)
+        .map(move |start| (start, VOCAB_SLICE.min(vocab - start)))
 }
 
 /// The splice at the hook point: BOS kept, every later row replaced by `x_hat(f) + err`.
@@ -250,6 +270,8 @@ pub struct LaterBlocks {
     /// Block `L` itself, needed again for the `mlp` and `att` sites (the splice is inside it).
     own: Option<crate::model::gemma2::DecoderBlock>,
     after: Vec<crate::model::gemma2::DecoderBlock>,
+    /// The final norm; the embedding matrix is read a slice at a time when the head runs.
+    norm: crate::model::gemma2::RmsNorm,
 }
 
 impl LaterBlocks {
@@ -262,12 +284,17 @@ impl LaterBlocks {
         let after = (point.layer + 1..n)
             .map(|l| model.block(l))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { own, after })
+        Ok(Self {
+            own,
+            after,
+            norm: model.final_norm()?,
+        })
     }
 }
 
-/// Runs the attribution for the prompt `ids` (BOS first). The model must have every block and
-/// the head (`Parts { blocks: all, head: true, .. }`); blocks before the hook point may stream.
+/// Runs the attribution for the prompt `ids` (BOS first). The model must have every block
+/// (`Parts { blocks: all, .. }`); blocks before the hook point may stream, and the LM head need
+/// not be loaded (the embedding matrix is read a slice at a time).
 pub fn attribute(
     model: &Gemma2,
     later: &LaterBlocks,
@@ -349,7 +376,7 @@ pub fn attribute(
         segments.push((input, h.clone()));
     }
     let last_row = h.narrow(1, n - 1, 1)?.squeeze(0)?;
-    let head = Head::run(model, &last_row)?;
+    let head = Head::run(model, later, &last_row)?;
     let target = match request.target {
         Some(t) => t as usize,
         None => head.argmax(),
@@ -367,6 +394,7 @@ pub fn attribute(
     // Backward: head, then block by block, then the splice.
     let d_h = head_backward(
         model,
+        later,
         &last_row,
         &head.metric_gradient(request.metric, target),
     )?;
@@ -547,7 +575,7 @@ pub fn metric_with_splice(
         h = block.forward(&h, ctx, &mut NoHook, None)?;
     }
     let n = h.dim(1)?;
-    let head = Head::run(model, &h.narrow(1, n - 1, 1)?.squeeze(0)?)?;
+    let head = Head::run(model, later, &h.narrow(1, n - 1, 1)?.squeeze(0)?)?;
     Ok(head.metric(prepared.metric, prepared.target))
 }
 

@@ -339,7 +339,7 @@ fn gradients_match_finite_differences_in_f64() {
     let cfg = files.config.clone();
     let parts = Parts {
         blocks: cfg.num_hidden_layers,
-        head: true,
+        head: false,
         resident: false,
     };
     let device = Device::Cpu;

@@ -3,7 +3,8 @@
 use super::{stdout, Job};
 use crate::attribution::{self, FeatureAttribution, LaterBlocks, Request};
 use crate::cli::AttributeArgs;
-use crate::model::{Config, Parts, Site};
+use crate::hub::{needed_shards, Weights};
+use crate::model::{Config, HookPoint, Parts, Site};
 use crate::output;
 use crate::report::attribution::{
     AblationEntry, AttributionEntry, AttributionReport, FeatureTotal, PromptToken, TargetInfo,
@@ -19,24 +20,30 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-/// Adds what attribution holds beyond one streamed block and the SAE: the embedding (the tied LM
-/// head), the blocks kept for the backward pass, and their activations and gradients.
+/// Adds what attribution holds beyond one streamed block and the SAE: the blocks kept for the
+/// backward pass, their activations and gradients, and a slice of the embedding matrix (the
+/// tied LM head is read a slice at a time).
 fn add_to_plan(
     plan: &mut MemoryPlan,
     cfg: &Config,
     dtype: DType,
-    site: Site,
-    layer: usize,
+    point: HookPoint,
+    parts: Parts,
     d_sae: usize,
     tokens: usize,
 ) {
     let f32_bytes = 4u64;
     let size = dtype.size_in_bytes() as u64;
+    let rows = if parts.head {
+        cfg.vocab_size
+    } else {
+        cfg.vocab_size.min(8192)
+    };
     plan.add(
-        "embedding (LM head)",
-        (cfg.vocab_size * cfg.hidden_size) as u64 * size,
+        "the embedding (LM head) or a slice of it",
+        (rows * cfg.hidden_size) as u64 * size,
     );
-    let kept = (cfg.num_hidden_layers - layer - usize::from(site == Site::Res)) as u64;
+    let kept = (cfg.num_hidden_layers - point.layer - usize::from(point.site == Site::Res)) as u64;
     let block = cfg.block_parameters() * size;
     plan.add(
         format!("{kept} blocks kept for the backward pass"),
@@ -131,20 +138,30 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
     let explicit_target = target_id(&args, &tokenizer, cfg)?;
 
     let sae_plan = job.sae(&args.sae, point)?;
-    // Every block (those before the hook point streamed) and the LM head.
-    let parts = Parts {
+    // Every block (those before the hook point streamed); the LM head is read in slices. The
+    // final norm sits with the last block in every published checkpoint; should it have a shard
+    // of its own, the head is loaded whole instead (same numbers, more memory).
+    let mut parts = Parts {
         blocks: cfg.num_hidden_layers,
-        head: true,
+        head: false,
         resident: false,
     };
+    if let Weights::Sharded { weight_map, .. } = &job.files.weights {
+        let norm_shard = weight_map.get("model.norm.weight").map(String::as_str);
+        if !norm_shard
+            .is_some_and(|s| needed_shards(weight_map, parts).is_ok_and(|n| n.contains(s)))
+        {
+            parts.head = true;
+        }
+    }
     let mut plan = job.memory_plan(parts);
     sae_plan.add_to(&mut plan, SaeParts::EncoderDecoder, false);
     add_to_plan(
         &mut plan,
         cfg,
         job.dtype,
-        point.site,
-        point.layer,
+        point,
+        parts,
         sae_plan.d_sae,
         position + 1,
     );

@@ -647,9 +647,28 @@ impl Gemma2 {
         }
     }
 
-    /// The final norm and the tied embedding matrix `[vocab, hidden]`, when the LM head was loaded.
-    pub fn head(&self) -> Option<(&RmsNorm, &Tensor)> {
-        self.norm.as_ref().zip(self.embed_tokens.as_ref())
+    /// The final norm: the loaded one, or built from the weights when the head was not loaded.
+    pub fn final_norm(&self) -> Result<RmsNorm> {
+        match &self.norm {
+            Some(norm) => Ok(norm.clone()),
+            None => RmsNorm::new(
+                self.cfg.hidden_size,
+                self.cfg.rms_norm_eps,
+                self.vb.pp("norm"),
+            ),
+        }
+    }
+
+    /// Rows `start..start + len` of the embedding matrix (the tied LM head), `[len, hidden]`:
+    /// a slice of the loaded matrix, or read from the mapped file, so that a caller can run the
+    /// LM head slice by slice without holding the whole matrix.
+    pub fn embedding_rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        match &self.embed_tokens {
+            Some(table) => table.narrow(0, start, len),
+            None => self
+                .weights
+                .load_row_range(EMBED, start, len, self.dtype, &self.device),
+        }
     }
 
     fn build_block(&self, layer: usize) -> Result<DecoderBlock> {

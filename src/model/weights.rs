@@ -124,6 +124,37 @@ impl MappedWeights {
         tensor.to_dtype(dtype)?.to_device(device)
     }
 
+    /// Rows `start..start + len` of the 2-D tensor `name`, copied out and their mapped pages
+    /// released: a large matrix read in slices never sits in memory whole.
+    pub fn load_row_range(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        let [n_rows, cols] = entry.shape[..] else {
+            candle_core::bail!("{name} is not a matrix: shape {:?}", entry.shape);
+        };
+        if start + len > n_rows {
+            candle_core::bail!(
+                "rows {start}..{} of {name} do not exist ({n_rows} rows)",
+                start + len
+            );
+        }
+        let row_bytes = cols * entry.dtype.size_in_bytes();
+        let (from, to) = (
+            entry.start + start * row_bytes,
+            entry.start + (start + len) * row_bytes,
+        );
+        let bytes = &self.shards[entry.shard].mmap[from..to];
+        let tensor = Tensor::from_raw_buffer(bytes, entry.dtype, &[len, cols], &Device::Cpu)?;
+        self.release(entry.shard, from, to - from);
+        tensor.to_dtype(dtype)?.to_device(device)
+    }
+
     /// Rows `rows` of the 2-D tensor `name` (`[rows.len(), cols]`), reading only those rows.
     pub fn load_rows(
         &self,
