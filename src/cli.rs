@@ -61,6 +61,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Find features by what their labels say (BM25 over the cached labels, or Neuronpedia's search).
     Search(SearchArgs),
+    /// Rank the SAE features behind one output token: gradient x activation through the later blocks.
+    Attribute(AttributeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,6 +10,7 @@
 //! Dependencies point one way: `main -> cli/commands -> (hub, model, sae, pipeline, eval,
 //! generate) -> (metrics, report) -> output`; [`system`], [`npy`] and [`tokenizer`] are leaves.
 
+pub mod attribution;
 pub mod card;
 pub mod cli;
 pub mod commands;
@@ -43,6 +44,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::ListSaes(args) => commands::list_saes::run(args, ui),
         Command::Generate(args) => commands::generate::run(args, ui),
         Command::Steer(args) => commands::steer::run(args, ui),
+        Command::Attribute(args) => commands::attribute::run(args, ui),
         Command::Completions(args) => commands::meta::completions(args),
         Command::Man(args) => commands::meta::man(args),
         Command::Labels(args) => commands::labels::run(args, ui),

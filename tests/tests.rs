@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attribution;
 mod cli;
 mod eval;
 mod faults;

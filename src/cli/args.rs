@@ -4,6 +4,7 @@
 use super::{ColorArg, GenerationArgs, HookArgs, ModelArgs, OutputArgs, PromptArgs, SaeArgs};
 use crate::hub::models::DEFAULT_MODEL;
 use crate::model::Site;
+use crate::report::attribution::Metric;
 use crate::report::SteerMode;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -309,6 +310,48 @@ pub struct SearchArgs {
     #[arg(long)]
     pub json: bool,
     /// Colour in the table; NO_COLOR, when set, always turns it off.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// The prompt (BOS is prepended).
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+    /// The output token to explain, as text that must be exactly one token (mind the leading
+    /// space: " Paris"). Default: the model's most likely next token.
+    #[arg(long, value_name = "TEXT", conflicts_with = "target_id")]
+    pub target: Option<String>,
+    /// The output token to explain, by id.
+    #[arg(long, value_name = "N")]
+    pub target_id: Option<u32>,
+    /// The position whose next-token distribution is read (BOS is 0). Default: the last token.
+    #[arg(long, value_name = "P")]
+    pub position: Option<usize>,
+    /// What is differentiated: the target's probability, log-probability, or soft-capped logit.
+    #[arg(long, value_enum, default_value_t = Metric::Prob)]
+    pub metric: Metric,
+    /// Also remove each of the K largest attributions (activation set to 0 in the splice, later
+    /// blocks rerun) and report the exact change of the metric next to its linear estimate.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub ablate: usize,
+    /// Attributions and features listed.
+    #[arg(long, default_value_t = 20, value_name = "K")]
+    pub top_k: usize,
+    /// List every active feature at every position.
+    #[arg(long)]
+    pub all: bool,
+    /// Print one JSON document (the schema is in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Colour in the human view; NO_COLOR, when set, always turns it off.
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
 }

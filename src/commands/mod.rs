@@ -2,6 +2,7 @@
 //! a report out to the view the flags chose.
 
 pub mod activations;
+pub mod attribute;
 pub mod eval;
 pub mod explain;
 pub mod features;

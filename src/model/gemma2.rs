@@ -5,6 +5,7 @@
 //! stay in memory or are streamed from the mapped file one at a time.
 
 use super::config::{Activation, AttentionKind, Config};
+use super::differentiable;
 use super::hook::{Hook, HookPoint, Site};
 use super::weights::{MappedWeights, SharedWeights};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -67,6 +68,22 @@ impl Module for RmsNorm {
         let dtype = xs.dtype();
         let xs = xs.to_dtype(DType::F32)?;
         candle_nn::ops::rms_norm(&xs, &self.scale, self.eps)?.to_dtype(dtype)
+    }
+}
+
+impl RmsNorm {
+    /// The same norm from plain ops, so that gradients flow through it (see [`differentiable`]).
+    pub fn forward_differentiable(&self, xs: &Tensor) -> Result<Tensor> {
+        differentiable::rms_norm(xs, &self.scale, self.eps as f64)
+    }
+
+    /// The kernel, or the plain-op version when `ctx` asks for gradients.
+    fn forward_in(&self, xs: &Tensor, ctx: &SequenceContext) -> Result<Tensor> {
+        if ctx.gradients {
+            self.forward_differentiable(xs)
+        } else {
+            self.forward(xs)
+        }
     }
 }
 
@@ -223,6 +240,9 @@ pub struct SequenceContext {
     global_mask: Tensor,
     sliding_mask: Tensor,
     packing: Option<Packing>,
+    /// Compute with plain ops that candle can differentiate instead of the fused kernels, which
+    /// have no backward (attribution's pass through the later blocks).
+    gradients: bool,
 }
 
 impl SequenceContext {
@@ -243,6 +263,7 @@ impl SequenceContext {
             global_mask: causal_mask(seq_len, lengths, None, device)?,
             sliding_mask: causal_mask(seq_len, lengths, Some(cfg.sliding_window), device)?,
             packing: Packing::new(lengths, device)?,
+            gradients: false,
         })
     }
 
@@ -262,7 +283,17 @@ impl SequenceContext {
             global_mask: cached_mask(offset, new_len, None, device)?,
             sliding_mask: cached_mask(offset, new_len, Some(cfg.sliding_window), device)?,
             packing: None,
+            gradients: false,
         })
+    }
+
+    /// The same context for a pass that candle's autograd can differentiate: the blocks use
+    /// plain ops in place of the fused RMSNorm, rotary, softmax and GELU kernels.
+    pub fn with_gradients(mut self) -> Self {
+        self.gradients = true;
+        // Packing's gather and scatter are not worth differentiating: gradients run unpacked.
+        self.packing = None;
+        self
     }
 
     fn mask(&self, kind: AttentionKind) -> &Tensor {
@@ -432,8 +463,13 @@ impl Attention {
         let q = self.split_heads(&q, self.num_heads)?;
         let k = self.split_heads(&k, self.num_kv_heads)?;
         let v = self.split_heads(&v, self.num_kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let rope = if ctx.gradients {
+            differentiable::rope
+        } else {
+            candle_nn::rotary_emb::rope
+        };
+        let q = rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
             None => (k, v),
             Some(slot) => {
@@ -453,10 +489,17 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
         let scores = softcap(&scores, self.softcap)?;
         // The mask goes on after the soft-cap, and softmax runs in f32, as in the reference.
-        let scores = scores
-            .to_dtype(DType::F32)?
-            .broadcast_add(ctx.mask(self.kind))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = if ctx.gradients {
+            let scores = scores.to_dtype(differentiable::compute_dtype(scores.dtype()))?;
+            let mask = ctx.mask(self.kind).to_dtype(scores.dtype())?;
+            differentiable::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+        } else {
+            let scores = scores
+                .to_dtype(DType::F32)?
+                .broadcast_add(ctx.mask(self.kind))?;
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = probs.to_dtype(v.dtype())?;
         let heads_out = probs.matmul(&v)?;
         let concat = heads_out
             .transpose(1, 2)?
@@ -495,10 +538,18 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, false)
+    }
+}
+
+impl Mlp {
+    fn forward_with(&self, xs: &Tensor, gradients: bool) -> Result<Tensor> {
         let gate = self.gate_proj.forward(xs)?;
-        let gate = match self.activation {
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::GeluErf => gate.gelu_erf()?,
+        let gate = match (self.activation, gradients) {
+            (Activation::GeluTanh, false) => gate.gelu()?,
+            (Activation::GeluErf, false) => gate.gelu_erf()?,
+            (Activation::GeluTanh, true) => differentiable::gelu_tanh(&gate)?,
+            (Activation::GeluErf, true) => differentiable::gelu_erf(&gate)?,
         };
         self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
     }
@@ -538,16 +589,15 @@ impl DecoderBlock {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let layer = self.layer;
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(xs)?, ctx, layer, hook, cache)?;
-        let hidden = (xs + self.post_attention_layernorm.forward(&attn)?)?;
+        let normed = self.input_layernorm.forward_in(xs, ctx)?;
+        let attn = self.self_attn.forward(&normed, ctx, layer, hook, cache)?;
+        let hidden = (xs + self.post_attention_layernorm.forward_in(&attn, ctx)?)?;
         let mlp = rowwise(
-            &self.pre_feedforward_layernorm.forward(&hidden)?,
+            &self.pre_feedforward_layernorm.forward_in(&hidden, ctx)?,
             ctx.packing.as_ref(),
-            |rows| self.mlp.forward(rows),
+            |rows| self.mlp.forward_with(rows, ctx.gradients),
         )?;
-        let mlp = self.post_feedforward_layernorm.forward(&mlp)?;
+        let mlp = self.post_feedforward_layernorm.forward_in(&mlp, ctx)?;
         let mlp = visit(
             hook,
             HookPoint {
@@ -670,6 +720,44 @@ impl Gemma2 {
             )?);
         }
         Ok(model)
+    }
+
+    /// Block `layer` built from the weights, for a caller that keeps a few blocks for many passes.
+    pub fn block(&self, layer: usize) -> Result<DecoderBlock> {
+        if layer >= self.n_blocks {
+            candle_core::bail!(
+                "layer {layer} is not loaded ({} blocks loaded)",
+                self.n_blocks
+            );
+        }
+        match self.blocks.get(layer) {
+            Some(block) => Ok(block.clone()),
+            None => self.build_block(layer),
+        }
+    }
+
+    /// The final norm: the loaded one, or built from the weights when the head was not loaded.
+    pub fn final_norm(&self) -> Result<RmsNorm> {
+        match &self.norm {
+            Some(norm) => Ok(norm.clone()),
+            None => RmsNorm::new(
+                self.cfg.hidden_size,
+                self.cfg.rms_norm_eps,
+                self.vb.pp("norm"),
+            ),
+        }
+    }
+
+    /// Rows `start..start + len` of the embedding matrix (the tied LM head), `[len, hidden]`:
+    /// a slice of the loaded matrix, or read from the mapped file, so that a caller can run the
+    /// LM head slice by slice without holding the whole matrix.
+    pub fn embedding_rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        match &self.embed_tokens {
+            Some(table) => table.narrow(0, start, len),
+            None => self
+                .weights
+                .load_row_range(EMBED, start, len, self.dtype, &self.device),
+        }
     }
 
     fn build_block(&self, layer: usize) -> Result<DecoderBlock> {

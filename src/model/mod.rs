@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod differentiable;
 pub mod gemma2;
 pub mod hook;
 pub mod weights;

@@ -10,9 +10,7 @@
 
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Result, Shape, Tensor};
-use memmap2::Mmap;
-#[cfg(not(unix))]
-use memmap2::UncheckedAdvice;
+use memmap2::{Mmap, UncheckedAdvice};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,7 +110,6 @@ impl MappedWeights {
     }
 
     /// Releases the process's hold on mapped pages already copied out; the page cache keeps them.
-    #[cfg(not(unix))]
     fn release(&self, shard: usize, start: usize, len: usize) {
         // Safety: the range lies in a read-only file mapping and nothing borrows it any more (the
         // bytes were copied); later reads simply fault the pages back in from the file.
@@ -186,6 +183,37 @@ impl MappedWeights {
                 );
             }
         }
+    }
+
+    /// Rows `start..start + len` of the 2-D tensor `name`, copied out and their mapped pages
+    /// released: a large matrix read in slices never sits in memory whole.
+    pub fn load_row_range(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        let [n_rows, cols] = entry.shape[..] else {
+            candle_core::bail!("{name} is not a matrix: shape {:?}", entry.shape);
+        };
+        if start + len > n_rows {
+            candle_core::bail!(
+                "rows {start}..{} of {name} do not exist ({n_rows} rows)",
+                start + len
+            );
+        }
+        let row_bytes = cols * entry.dtype.size_in_bytes();
+        let (from, to) = (
+            entry.start + start * row_bytes,
+            entry.start + (start + len) * row_bytes,
+        );
+        let bytes = &self.shards[entry.shard].mmap[from..to];
+        let tensor = Tensor::from_raw_buffer(bytes, entry.dtype, &[len, cols], &Device::Cpu)?;
+        self.release(entry.shard, from, to - from);
+        tensor.to_dtype(dtype)?.to_device(device)
     }
 
     /// Rows `rows` of the 2-D tensor `name` (`[rows.len(), cols]`), reading only those rows.

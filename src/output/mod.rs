@@ -6,6 +6,7 @@
 //! - [`features`], [`eval`], [`generation`] (generate's stream, steer's columns), [`list_saes`]:
 //!   the human views.
 
+pub mod attribute;
 pub mod card;
 pub mod eval;
 pub mod features;

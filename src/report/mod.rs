@@ -8,6 +8,8 @@ use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::{HookPoint, Site};
 use serde::{Deserialize, Serialize};
 
+pub mod attribution;
+
 /// Bumped whenever a field of the JSON output changes meaning or disappears (adding fields does not).
 pub const SCHEMA_VERSION: u32 = 1;
 
