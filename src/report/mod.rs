@@ -1,5 +1,7 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
+pub mod dashboard;
+
 use crate::metrics::{AggregateFeature, FeatureActivation};
 use crate::model::{HookPoint, Site};
 use serde::{Deserialize, Serialize};
