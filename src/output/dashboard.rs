@@ -322,7 +322,12 @@ fn render_card(f: &DashboardFeature, hrefs: &Hrefs, index_href: &str) -> String 
             significant(m.into(), 4)
         );
     }
-    let _ = write!(out, "<span>{} examples</span>", f.examples.len());
+    let n = f.examples.len();
+    let _ = write!(
+        out,
+        "<span>{n} example{}</span>",
+        if n == 1 { "" } else { "s" }
+    );
     if let Some(url) = &f.neuronpedia_url {
         let _ = write!(out, "<a href=\"{}\">Neuronpedia</a>", escape(url));
     }
