@@ -243,7 +243,10 @@ fn shaded_tokens(html: &str) -> usize {
         .map(|line| {
             let line = &line[..line.find("</p>").unwrap()];
             (1..=5)
-                .map(|s| line.matches(&format!("<i class=\"s{s}")).count())
+                .map(|s| {
+                    line.matches(&format!("<i class=\"s{s}\"")).count()
+                        + line.matches(&format!("<b class=\"s{s}\"")).count()
+                })
                 .sum::<usize>()
         })
         .sum()
@@ -264,28 +267,37 @@ fn dashboard_index_cards_and_search_work_in_chromium() {
     let dom = dump_dom(chromium, &url(&file, ""));
     assert!(
         dom.contains("data-ready=\"1\""),
-        "the index script did not run"
+        "the page's script did not run"
     );
-    // The script built one row per feature, in the dashboard's order.
+    // The script built one row per feature, in the dashboard's order, and no card yet.
     let all: Vec<u32> = dashboard.features.iter().map(|f| f.feature).collect();
     assert_eq!(index_rows(&dom), all);
     assert!(dom.contains("<span id=\"count\" class=\"meta\">12 features</span>"));
-    // Every card, with its examples' active tokens shaded (2 per example) and one bar per bin.
-    for f in &dashboard.features {
+    assert!(!dom.contains("<article class=\"card\""));
+    // `#feature-N` puts that card on the page in place of the index: its examples with their
+    // active tokens shaded (2 per example), the strongest marked, one bar per histogram bin.
+    for i in [0, 1, 3, 6] {
+        let f = &dashboard.features[i];
+        let dom = dump_dom(chromium, &url(&file, &format!("#feature-{}", f.feature)));
+        assert!(
+            dom.contains("<section id=\"index\" hidden=\"\">"),
+            "index not hidden"
+        );
         let card = section(
             &dom,
             &format!("<article class=\"card\" id=\"feature-{}\"", f.feature),
             "</article>",
         );
+        assert_eq!(dom.matches("<article class=\"card\"").count(), 1);
         assert_eq!(
             card.matches("<div class=\"ex\">").count(),
             f.examples.len() + 1
         );
         assert_eq!(shaded_tokens(card), 2 * f.examples.len(), "{card}");
         assert_eq!(
-            card.matches("class=\"s5 mx\"").count(),
+            card.matches("<b class=\"s5\"").count(),
             1,
-            "the max of the top example"
+            "the top example's max"
         );
         let svg = section(card, "<svg class=\"hist\"", "</svg>");
         assert_eq!(svg.matches("<rect").count(), f.histogram.len());
@@ -322,7 +334,7 @@ fn outside_text_renders_as_text_in_chromium() {
     assert!(!dom.contains("<b>bold</b>"));
     assert_eq!(
         dom.matches("<script").count(),
-        2,
+        3,
         "only the page's own scripts"
     );
     assert_eq!(dom.matches("<style>").count(), 1);
@@ -346,15 +358,16 @@ fn outside_text_renders_as_text_in_chromium() {
         card.contains(&format!("<i class=\"s2\" title=\"3\">{escaped}</i>")),
         "{card}"
     );
+    // The index row the script built holds the label as text too.
+    let row = section(&dom, "<tr data-feature=\"107\">", "</tr>");
+    assert!(row.contains(escaped), "{row}");
+    let dom = dump_dom(chromium, &url(&file, "#feature-106"));
     let neighbour = section(
         &dom,
         "<article class=\"card\" id=\"feature-106\"",
         "</article>",
     );
     assert!(neighbour.contains(escaped), "neighbour label: {neighbour}");
-    // The index row the script built holds the label as text too.
-    let row = section(&dom, "<tr data-feature=\"107\">", "</tr>");
-    assert!(row.contains(escaped), "{row}");
 }
 
 #[test]

@@ -72,38 +72,37 @@ fn write(path: &Path, html: &str) -> Result<()> {
 
 /// The whole dashboard as one page: index and every card.
 pub fn render_single(dashboard: &Dashboard) -> String {
-    let hrefs: Hrefs = dashboard
+    let hrefs = local_hrefs(&dashboard.features);
+    let cards: Vec<(u32, String)> = dashboard
         .features
+        .iter()
+        .map(|f| (f.feature, render_card(f, &hrefs)))
+        .collect();
+    page(dashboard, &dashboard.title, &hrefs, &cards)
+}
+
+fn local_hrefs(features: &[DashboardFeature]) -> Hrefs {
+    features
         .iter()
         .map(|f| (f.feature, format!("#{}", anchor(f.feature))))
-        .collect();
-    let cards: Vec<String> = dashboard
-        .features
-        .iter()
-        .map(|f| render_card(f, &hrefs, "#index"))
-        .collect();
-    page(dashboard, &dashboard.title, true, Some(&hrefs), &cards)
+        .collect()
 }
 
 /// The dashboard as files `(name, html)`, `index.html` first: one page holding everything while
 /// the cards stay under `single_limit` bytes, else an index and pages of at most `page_limit`
-/// bytes of cards (at least one card each).
+/// bytes of cards (at least one card each). Every page carries the whole index.
 pub fn render_directory(
     dashboard: &Dashboard,
     single_limit: usize,
     page_limit: usize,
 ) -> Vec<(String, String)> {
-    let local: Hrefs = dashboard
-        .features
-        .iter()
-        .map(|f| (f.feature, format!("#{}", anchor(f.feature))))
-        .collect();
-    // Card sizes do not depend on where neighbours link (beyond a few bytes), so measure with
-    // local links, then split.
+    let local = local_hrefs(&dashboard.features);
+    // A card's size hardly depends on where its neighbour links point: measure with local
+    // links, then split.
     let sizes: Vec<usize> = dashboard
         .features
         .iter()
-        .map(|f| render_card(f, &local, "#index").len())
+        .map(|f| render_card(f, &local).len())
         .collect();
     if sizes.iter().sum::<usize>() <= single_limit {
         return vec![("index.html".to_string(), render_single(dashboard))];
@@ -127,51 +126,43 @@ pub fn render_directory(
     }
     let mut files = vec![(
         "index.html".to_string(),
-        page(dashboard, &dashboard.title, true, Some(&hrefs), &[]),
+        page(dashboard, &dashboard.title, &hrefs, &[]),
     )];
     for (k, range) in pages.iter().enumerate() {
         let features = &dashboard.features[range.clone()];
-        // Links within the page stay on the page.
+        // Links to the cards of this page stay on it.
         let mut page_hrefs = hrefs.clone();
-        for f in features {
-            page_hrefs.insert(f.feature, format!("#{}", anchor(f.feature)));
-        }
-        let cards: Vec<String> = features
+        page_hrefs.extend(local_hrefs(features));
+        let cards: Vec<(u32, String)> = features
             .iter()
-            .map(|f| render_card(f, &page_hrefs, "index.html"))
+            .map(|f| (f.feature, render_card(f, &page_hrefs)))
             .collect();
         let title = format!(
-            "{} · features {}–{}",
+            "{} · features {} to {}",
             dashboard.title,
             features[0].feature,
             features[features.len() - 1].feature
         );
-        files.push((page_name(k), page(dashboard, &title, false, None, &cards)));
+        files.push((page_name(k), page(dashboard, &title, &page_hrefs, &cards)));
     }
     files
 }
 
-/// One HTML document. With `index`, the searchable index of every feature (`hrefs` says where
-/// each card is) and cards shown one at a time (`#feature-N`); without, the cards one under the
-/// other.
-fn page(
-    dashboard: &Dashboard,
-    title: &str,
-    with_index: bool,
-    hrefs: Option<&Hrefs>,
-    cards: &[String],
-) -> String {
-    let mut out = String::with_capacity(cards.iter().map(String::len).sum::<usize>() + 16_384);
+/// One HTML document: the header, the searchable index of every feature (`hrefs` says where
+/// each card is), and `cards` as HTML strings in a JSON block that the script puts on the page
+/// one at a time, for `#feature-N`. Parsing a string is cheap where parsing millions of token
+/// elements is not: a 1,000-feature file opens in about a second instead of a minute.
+fn page(dashboard: &Dashboard, title: &str, hrefs: &Hrefs, cards: &[(u32, String)]) -> String {
+    let mut out = String::with_capacity(cards.iter().map(|(_, c)| c.len()).sum::<usize>() + 65_536);
     let _ = write!(
         out,
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width,initial-scale=1\">\
          <meta name=generator content=\"gemscope {}\">\
-         <title>{} · gemscope</title><style>{}</style></head>\n<body class={}>\n<header><h1>{}</h1>",
+         <title>{} · gemscope</title><style>{}</style></head>\n<body>\n<header><h1>{}</h1>",
         env!("CARGO_PKG_VERSION"),
         escape(title),
         css(),
-        if with_index { "single" } else { "pages" },
         escape(title),
     );
     if !dashboard.facts.is_empty() {
@@ -184,23 +175,43 @@ fn page(
         }
         out.push_str("</p>");
     }
-    if !with_index {
-        out.push_str("<p class=meta><a href=\"index.html\">← index of all features</a></p>");
-    }
     out.push_str("</header>\n");
-    if let Some(hrefs) = hrefs.filter(|_| with_index) {
-        out.push_str(&render_index(dashboard, hrefs));
+    out.push_str(&render_index(dashboard, hrefs));
+    out.push_str("<main id=card></main>\n<script type=\"application/json\" id=cards>{");
+    for (i, (feature, html)) in cards.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{feature}\":");
+        push_script_string(&mut out, html);
     }
-    out.push_str("<main>\n");
-    for card in cards {
-        out.push_str(card);
-    }
-    out.push_str("</main>\n");
-    if with_index {
-        let _ = write!(out, "<script>{INDEX_JS}</script>\n");
-    }
-    out.push_str("</body></html>\n");
+    out.push_str("}</script>\n");
+    let _ = write!(out, "<script>{PAGE_JS}</script>\n</body></html>\n");
     out
+}
+
+/// `html` as a JSON string inside a script element: JSON's escapes, and `</` written `<\/` so
+/// nothing in it can close the element (labels and tokens are escaped already; this guards the
+/// card's own closing tags).
+fn push_script_string(out: &mut String, html: &str) {
+    out.push('"');
+    let mut rest = html;
+    while let Some(i) = rest.find(['"', '\\', '\n', '\r', '\t', '/']) {
+        out.push_str(&rest[..i]);
+        match rest.as_bytes()[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ if out.ends_with('<') => out.push_str("\\/"),
+            _ => out.push('/'),
+        }
+        rest = &rest[i + 1..];
+    }
+    // Other control characters never reach a card: pieces are escaped as the table does.
+    out.push_str(rest);
+    out.push('"');
 }
 
 /// One index row for the script: id, label, density, max activation, where its card is.
@@ -224,8 +235,8 @@ fn render_index(dashboard: &Dashboard, hrefs: &Hrefs) -> String {
     format!(
         "<section id=index><input id=q type=search placeholder=\"search labels and ids\" \
          aria-label=\"search labels and ids\" autocomplete=off> <span id=count class=meta>{n} \
-         features</span>\n<noscript><p>The index needs JavaScript; each card is at \
-         #feature-N.</p></noscript>\n<table id=features><thead><tr>\
+         features</span>\n<noscript><p>This page needs JavaScript to show its index and \
+         cards.</p></noscript>\n<table id=features><thead><tr>\
          <th data-key=0 class=num>feature</th><th data-key=1>label</th>\
          <th data-key=2 class=num>density</th><th data-key=3 class=num>max activation</th>\
          </tr></thead><tbody></tbody></table>\n\
@@ -235,41 +246,45 @@ fn render_index(dashboard: &Dashboard, hrefs: &Hrefs) -> String {
     )
 }
 
-/// Builds the index from its JSON (so the page stays small for 16k features), filters it by
-/// the search box (words in any order, over `#id` and the label; `#q=words` in the address
-/// fills the box), sorts by a clicked column, and follows `index.html#feature-N` to the page
-/// holding the card.
-const INDEX_JS: &str = r#"(()=>{
+/// Builds the index from its JSON, filters it by the search box (words in any order, over
+/// `#id` and the label; `#q=words` in the address fills the box), sorts by a clicked column,
+/// and shows the card `#feature-N` names in place of the index, following the index's link
+/// when the card is on another page of a directory.
+const PAGE_JS: &str = r#"(()=>{
 const data=JSON.parse(document.getElementById('index-data').textContent);
+const cards=JSON.parse(document.getElementById('cards').textContent);
+const index=document.getElementById('index'),main=document.getElementById('card');
 const tbody=document.querySelector('#features tbody'),q=document.getElementById('q'),count=document.getElementById('count');
 const heads=[...document.querySelectorAll('#features th[data-key]')];
 let key=null,dir=1;
 const pct=d=>d==null?'–':(d*100).toPrecision(3)+'%';
 const num=v=>v==null?'–':Number(v.toPrecision(4)).toString();
 const cmp=(a,b)=>a==null?(b==null?0:1):b==null?-1:(typeof a==='string'?a.localeCompare(b)*dir:(a-b)*dir);
-function cell(tr,text,cls){const td=tr.insertCell();td.textContent=text;if(cls)td.className=cls;return td;}
+function cell(tr,text,cls){const td=tr.insertCell();td.textContent=text;if(cls)td.className=cls;}
 function render(){
  const words=q.value.toLowerCase().split(/\s+/).filter(Boolean);
  const rows=data.filter(r=>{const hay=('#'+r[0]+' '+(r[1]||'')).toLowerCase();return words.every(w=>hay.includes(w));});
  if(key!==null)rows.sort((a,b)=>cmp(a[key],b[key])||a[0]-b[0]);
  const body=document.createElement('tbody');
  for(const r of rows){const tr=body.insertRow();tr.dataset.feature=r[0];
-  const a=document.createElement('a');a.href=r[4];a.textContent='#'+r[0];tr.insertCell().append(a);tr.cells[0].className='num';
+  const td=tr.insertCell(),a=document.createElement('a');a.href=r[4];a.textContent='#'+r[0];td.className='num';td.append(a);
   cell(tr,r[1]||'',r[1]?'':'meta');cell(tr,pct(r[2]),'num');cell(tr,num(r[3]),'num');}
  tbody.replaceChildren(...body.rows);
  count.textContent=(rows.length===data.length?'':rows.length+' of ')+data.length+' features';
 }
-function fromHash(){
+function route(){
  const h=decodeURIComponent(location.hash.slice(1));
- if(h.startsWith('q=')){q.value=h.slice(2);render();return;}
  const m=/^feature-(\d+)$/.exec(h);
- if(m&&!document.getElementById(h)){const r=data.find(r=>r[0]==m[1]);if(r)location.replace(r[4]);}
+ if(m&&cards[m[1]]!==undefined){main.innerHTML=cards[m[1]];index.hidden=true;main.hidden=false;scrollTo(0,0);return;}
+ main.replaceChildren();main.hidden=true;index.hidden=false;
+ if(h.startsWith('q=')){q.value=h.slice(2);render();}
+ if(m){const r=data.find(r=>r[0]==m[1]);if(r&&!r[4].startsWith('#'))location.replace(r[4]);}
 }
 q.addEventListener('input',()=>{history.replaceState(null,'',q.value?'#q='+encodeURIComponent(q.value):location.pathname);render();});
 for(const th of heads)th.addEventListener('click',()=>{const k=+th.dataset.key;dir=key===k?-dir:(k===1?1:-1);key=k;
  for(const o of heads)o.removeAttribute('aria-sort');th.setAttribute('aria-sort',dir>0?'ascending':'descending');render();});
-window.addEventListener('hashchange',fromHash);
-render();fromHash();
+addEventListener('hashchange',route);
+render();route();
 document.body.dataset.ready='1';
 })();"#;
 
@@ -288,7 +303,7 @@ fn percent(density: f64) -> String {
 }
 
 /// One feature's card.
-fn render_card(f: &DashboardFeature, hrefs: &Hrefs, index_href: &str) -> String {
+fn render_card(f: &DashboardFeature, hrefs: &Hrefs) -> String {
     let mut out = String::with_capacity(4096);
     let _ = write!(
         out,
@@ -331,11 +346,7 @@ fn render_card(f: &DashboardFeature, hrefs: &Hrefs, index_href: &str) -> String 
     if let Some(url) = &f.neuronpedia_url {
         let _ = write!(out, "<a href=\"{}\">Neuronpedia</a>", escape(url));
     }
-    let _ = write!(
-        out,
-        "<a href=\"{}\">all features</a></div>\n",
-        escape(index_href)
-    );
+    out.push_str("<a href=\"#index\">all features</a></div>\n");
     if !f.histogram.is_empty() {
         out.push_str("<h3>activation histogram</h3>");
         out.push_str(&histogram_svg(&f.histogram));
@@ -391,8 +402,9 @@ fn render_card(f: &DashboardFeature, hrefs: &Hrefs, index_href: &str) -> String 
     out
 }
 
-/// An example's tokens, each an `<i>` (short: a 1,000-feature dashboard holds millions),
-/// shaded by activation / `max`, the exact activation as its title, the strongest marked `mx`.
+/// An example's tokens: each active token an `<i>` shaded by activation / `max` with the exact
+/// activation as its title, the strongest a `<b>` (outlined), the inactive ones plain text
+/// (they are most tokens, and a 1,000-feature dashboard holds millions).
 fn render_example(out: &mut String, example: &Example, max: f32) {
     let _ = write!(
         out,
@@ -401,23 +413,17 @@ fn render_example(out: &mut String, example: &Example, max: f32) {
         example.activation()
     );
     for (j, token) in example.tokens.iter().enumerate() {
-        let level = shade_level(token.activation, max);
-        let mark = j == example.max_token;
-        match (level, mark) {
-            (None, false) if token.activation == 0.0 => out.push_str("<i>"),
-            (level, mark) => {
-                out.push_str("<i class=\"");
-                if let Some(level) = level {
-                    let _ = write!(out, "s{level}");
-                }
-                if mark {
-                    out.push_str(if level.is_some() { " mx" } else { "mx" });
-                }
-                let _ = write!(out, "\" title=\"{}\">", token.activation);
-            }
+        let piece = piece_html(&token.text);
+        let tag = if j == example.max_token { "b" } else { "i" };
+        if token.activation == 0.0 && tag == "i" {
+            out.push_str(&piece);
+            continue;
         }
-        out.push_str(&piece_html(&token.text));
-        out.push_str("</i>");
+        let _ = write!(out, "<{tag}");
+        if let Some(level) = shade_level(token.activation, max) {
+            let _ = write!(out, " class=s{level}");
+        }
+        let _ = write!(out, " title={}>{piece}</{tag}>", token.activation);
     }
     out.push_str("</p></div>\n");
 }
@@ -573,13 +579,11 @@ mod tests {
     #[test]
     fn cards_shade_mark_and_link() {
         let hrefs: Hrefs = [(9, "#feature-9".to_string())].into();
-        let card = render_card(&feature(5, "dogs & cats"), &hrefs, "#index");
+        let card = render_card(&feature(5, "dogs & cats"), &hrefs);
         assert!(card.contains("<h2>#5 dogs &amp; cats</h2>"), "{card}");
         assert!(card.contains("density <b>1.23%</b>"), "{card}");
         assert!(
-            card.contains(
-                "<i> a</i><i class=\"s2\" title=\"1\">\\n</i><i class=\"s5 mx\" title=\"4\">b</i>"
-            ),
+            card.contains(" a<i class=s2 title=1>\\n</i><b class=s5 title=4>b</b></p>"),
             "{card}"
         );
         assert_eq!(card.matches("<rect").count(), 2);
@@ -602,7 +606,7 @@ mod tests {
             facts: vec![],
             features: (0..10).map(|i| feature(i, "l")).collect(),
         };
-        let card = render_card(&dashboard.features[0], &Hrefs::new(), "#index").len();
+        let card = render_card(&dashboard.features[0], &Hrefs::new()).len();
         let one = render_directory(&dashboard, usize::MAX, 1);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].1, render_single(&dashboard));
@@ -621,13 +625,23 @@ mod tests {
         assert!(!files[0].1.contains("<article"));
         assert!(files[0].1.contains("\"page-004.html#feature-9\""));
         assert_eq!(files[4].1.matches("<article").count(), 1);
-        // Feature 0's neighbour 9 lives on another page; feature 9's cards link back home.
+        // Feature 0's neighbour 9 lives on another page (the card is a JSON string there).
         assert!(files[1]
             .1
-            .contains("<a href=\"page-004.html#feature-9\">#9</a>"));
-        assert!(files[4]
-            .1
-            .contains("<a href=\"index.html\">all features</a>"));
+            .contains("<a href=\\\"page-004.html#feature-9\\\">#9<\\/a>"));
+        assert!(
+            files[1].1.contains("\"#feature-1\""),
+            "feature 1 is on this page"
+        );
+    }
+
+    #[test]
+    fn cards_travel_as_json_strings_no_tag_can_end() {
+        let html = "<p class=\"x\">a\\b\n\t</p></script><!-- é";
+        let mut out = String::new();
+        push_script_string(&mut out, html);
+        assert!(!out.contains("</"), "{out}");
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), html);
     }
 
     #[test]

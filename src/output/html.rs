@@ -140,8 +140,6 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:hover{background:var(--panel)}
 input[type=search]{font:inherit;padding:6px 10px;width:min(420px,100%);border:1px solid var(--line);border-radius:6px;background:var(--bg);color:var(--fg)}
 .card,.prompt{border:1px solid var(--line);border-radius:8px;padding:14px 18px;margin:16px 0;background:var(--bg)}
-.single .card{display:none}.single .card:target{display:block}
-.single:has(.card:target) #index{display:none}
 .stats{display:flex;flex-wrap:wrap;gap:6px 22px;margin:.4em 0}
 .stats b{font-variant-numeric:tabular-nums}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:8px 24px}
@@ -149,7 +147,7 @@ input[type=search]{font:inherit;padding:6px 10px;width:min(420px,100%);border:1p
 .toks{white-space:pre-wrap;word-break:break-word;line-height:1.9;margin:0}
 .toks i{font-style:normal;border-radius:2px}
 .toks i:hover{outline:1px solid var(--muted)}
-.toks i.mx{outline:2px solid var(--mark);outline-offset:-1px;font-weight:700}
+.toks b{outline:2px solid var(--mark);outline-offset:-1px;border-radius:2px}
 .toks i.bos{color:var(--muted)}
 .ex{padding:6px 0;border-bottom:1px dashed var(--line)}
 .ex .meta{font-size:.85em}
