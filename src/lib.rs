@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 pub mod eval;
 pub mod generate;
 pub mod hub;

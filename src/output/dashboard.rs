@@ -375,9 +375,9 @@ fn render_card(f: &DashboardFeature, hrefs: &Hrefs) -> String {
     }
     let max = f.shade_max();
     if !f.examples.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<h3>top examples {}</h3>\n",
+            "<h3>top examples {}</h3>",
             shade_legend(&format!("max {}", significant(max.into(), 4)))
         );
         for example in &f.examples {
@@ -385,9 +385,9 @@ fn render_card(f: &DashboardFeature, hrefs: &Hrefs) -> String {
         }
     }
     for group in &f.quantiles {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<details class=quantile><summary>activations {} to {} · {} example{}</summary>\n",
+            "<details class=quantile><summary>activations {} to {} · {} example{}</summary>",
             significant(group.low.into(), 3),
             significant(group.high.into(), 3),
             group.examples.len(),

@@ -82,10 +82,10 @@ fn render_prompt(out: &mut String, prompt: &PromptReport, label_of: LabelOf) {
         prompt.index + 1
     );
     push_escaped(out, &super::style::display_piece(&prompt.text));
-    let _ = write!(
+    let _ = writeln!(
         out,
         "</p><div class=stats><span>mean L0 <b>{:.1}</b></span><span>variance explained \
-         <b>{}</b></span><span>MSE <b>{}</b></span><span>over {counted} token{}</span></div>\n",
+         <b>{}</b></span><span>MSE <b>{}</b></span><span>over {counted} token{}</span></div>",
         prompt.mean_l0,
         stat(prompt.variance_explained),
         stat(prompt.mse),
