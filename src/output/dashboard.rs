@@ -3,7 +3,9 @@
 //! shaded examples), in one self-contained file or, when that would be too large, a directory
 //! of pages behind one index. No network: CSS, script and plots (SVG) are inline.
 
-use super::html::{css, escape, piece_html, push_escaped, script_json, shade_legend, shade_level};
+use super::html::{
+    css, escape, piece_html, push_escaped, script_json, shade_legend, shade_level, significant,
+};
 use crate::report::dashboard::{Dashboard, DashboardFeature, Example, HistogramBin, LogitEffect};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -288,16 +290,6 @@ addEventListener('hashchange',route);
 render();route();
 document.body.dataset.ready='1';
 })();"#;
-
-/// `v` with `digits` significant digits, trailing zeros kept as they fall (`4.500`, `0.01234`).
-fn significant(v: f64, digits: i32) -> String {
-    if !v.is_finite() || v == 0.0 {
-        return format!("{v}");
-    }
-    let magnitude = v.abs().log10().floor() as i32;
-    let decimals = (digits - 1 - magnitude).clamp(0, 9) as usize;
-    format!("{v:.decimals$}")
-}
 
 fn percent(density: f64) -> String {
     format!("{}%", significant(100.0 * density, 3))

@@ -1,7 +1,7 @@
 //! `gemscope features --html FILE`: the per-prompt report (tokens, top features with labels, L0,
 //! variance explained) as one self-contained page in the dashboard's style, for sharing.
 
-use super::html::{css, escape, piece_html, push_escaped, shade_legend, shade_level};
+use super::html::{css, escape, piece_html, push_escaped, shade_legend, shade_level, significant};
 use crate::report::{FeaturesReport, PromptReport, TokenReport};
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -101,7 +101,7 @@ fn render_prompt(out: &mut String, prompt: &PromptReport, label_of: LabelOf) {
                 out,
                 "<h3>tokens shaded by feature #{}{label} {}</h3>",
                 h.feature,
-                shade_legend(&format!("max {}", h.max))
+                shade_legend(&format!("max {}", significant(h.max.into(), 4)))
             );
         }
         None => out.push_str("<h3>tokens</h3>"),

@@ -98,6 +98,16 @@ pub fn shade_legend(relative_to: &str) -> String {
     out
 }
 
+/// `v` with `digits` significant digits, trailing zeros kept as they fall (`4.500`, `0.01234`).
+pub fn significant(v: f64, digits: i32) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (digits - 1 - magnitude).clamp(0, 9) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// Relative luminance (WCAG) of an sRGB colour, for checking the scale gets darker at each step.
 pub fn luminance((r, g, b): (u8, u8, u8)) -> f64 {
     let channel = |c: u8| {
