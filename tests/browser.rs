@@ -446,22 +446,16 @@ fn features_html_from_the_tiny_fixture_renders_in_chromium() {
     screenshot(chromium, &url(&file, ""), &png);
 }
 
-/// Renders the screenshots the README shows; with GEMSCOPE_UPDATE_SCREENSHOTS=1 it also
-/// replaces the committed ones under .github/images/.
+/// A card and the index paint in a real window (the README's images come from the tiny
+/// fixture through `gemscope dashboard`; this checks the same views paint non-blank).
 #[test]
 fn screenshots_of_the_index_and_a_card() {
     let Some(chromium) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dashboard.html");
     write_dashboard(&file, &hand_built(12)).unwrap();
-    let update = std::env::var_os("GEMSCOPE_UPDATE_SCREENSHOTS").is_some();
-    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/images");
-    for (name, fragment) in [("dashboard-index", ""), ("dashboard-card", "#feature-104")] {
+    for (name, fragment) in [("index", ""), ("card", "#feature-104")] {
         let png = dir.path().join(format!("{name}.png"));
         screenshot(chromium, &url(&file, fragment), &png);
-        if update {
-            std::fs::create_dir_all(&images).unwrap();
-            std::fs::copy(&png, images.join(format!("{name}.png"))).unwrap();
-        }
     }
 }

@@ -119,6 +119,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
             crate::system::write_file_atomically(path, |w| {
                 output::features_html::write_features_html(w, &report, &|_| None)
             })?;
+            output::dashboard::readable_by_all(path)?;
         }
         ui.phase("output", || {
             write_report(&mut out, &report, args.output.json, style)

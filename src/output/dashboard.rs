@@ -70,7 +70,20 @@ pub fn write_dashboard(out: &Path, dashboard: &Dashboard) -> Result<Written> {
 }
 
 fn write(path: &Path, html: &str) -> Result<()> {
-    crate::system::write_file_atomically(path, |w| w.write_all(html.as_bytes()))
+    crate::system::write_file_atomically(path, |w| w.write_all(html.as_bytes()))?;
+    readable_by_all(path)
+}
+
+/// The atomic writer's temporary file is private (0600); a page is meant to be shared and
+/// served, so it gets a plain file's 0644.
+pub fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The whole dashboard as one page: index and every card.
