@@ -50,22 +50,25 @@ fn chromium() -> Option<&'static Path> {
         .as_deref()
 }
 
-/// Headless Chromium with nothing reaching out to the network, a fresh profile each run.
+/// Headless Chromium with nothing reaching out to the network, a fresh profile each run, killed
+/// after two minutes should it ever hang.
 fn headless(chromium: &Path, profile: &Path) -> Command {
-    let mut cmd = Command::new(chromium);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--window-size=1200,900",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1200,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
     cmd
 }
 
