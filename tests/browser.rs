@@ -1,7 +1,7 @@
 //! The HTML views in a real browser: headless Chromium loads the pages, runs their script, and
 //! the rendered DOM shows the index, the cards, the search filter and the escaping held.
 
-use crate::util::{fixture_arg, run, stderr};
+use crate::util::{assert_fails_with, fixture_arg, run, stderr};
 use gemscope::output::dashboard::{render_directory, write_dashboard};
 use gemscope::report::dashboard::*;
 use std::path::{Path, PathBuf};
@@ -447,6 +447,24 @@ fn features_html_from_the_tiny_fixture_renders_in_chromium() {
     assert!(!dom.contains("<sat>"), "the prompt's markup is text");
     let png = dir.path().join("prompt.png");
     screenshot(chromium, &url(&file, ""), &png);
+}
+
+#[test]
+fn features_html_into_a_missing_directory_fails_before_any_output() {
+    let (model, sae) = (fixture_arg("tiny"), fixture_arg("tiny/sae_res_L1.npz"));
+    let out = run(&[
+        "features",
+        "--model",
+        &model,
+        "--sae",
+        &sae,
+        "--layer",
+        "1",
+        "--html",
+        "/nonexistent-dir/prompt.html",
+        "hello",
+    ]);
+    assert_fails_with(&out, "cannot create a file in /nonexistent-dir");
 }
 
 /// A card and the index paint in a real window (the README's images come from the tiny
