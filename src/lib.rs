@@ -14,6 +14,7 @@ pub mod attribution;
 pub mod card;
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 pub mod eval;
 pub mod generate;
 pub mod hub;

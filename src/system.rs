@@ -157,6 +157,15 @@ pub fn write_file_atomically(
         tmp.as_file().sync_all()
     })();
     written.with_context(|| format!("cannot write {}", path.display()))?;
+    // The temporary file is private (0600); what gemscope writes is meant to be read and shared
+    // (reports, dashboards, caches), so it gets a plain file's 0644.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

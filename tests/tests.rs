@@ -3,6 +3,7 @@
 mod util;
 
 mod attribution;
+mod browser;
 mod cli;
 mod eval;
 mod faults;

@@ -49,6 +49,9 @@ pub struct FeaturesArgs {
     pub prompts: PromptArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Also write the report as one self-contained HTML page (shaded tokens, top features).
+    #[arg(long, value_name = "FILE.html", conflicts_with = "jsonl")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -191,6 +191,12 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
             top_k: args.top_k,
             prompts: reports,
         };
+        if let Some(path) = &args.html {
+            let labels = report.labels();
+            crate::system::write_file_atomically(path, |w| {
+                output::features_html::write_features_html(w, &report, &|f| labels.get(&f).cloned())
+            })?;
+        }
         ui.phase("output", || {
             write_report(&mut out, &report, args.output.json, style)
         })?;

@@ -273,14 +273,14 @@ pub fn write_layers_table(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::{AggregateFeature, FeatureActivation};
     use crate::model::Site;
     use crate::report::*;
     use unicode_width::UnicodeWidthStr;
 
-    fn report() -> FeaturesReport {
+    pub(crate) fn report() -> FeaturesReport {
         let token = |position, id, text: &str, bos, l0, top: Vec<FeatureActivation>| TokenReport {
             position,
             id,

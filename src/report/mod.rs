@@ -1,6 +1,7 @@
 //! The `Serialize` report structs: the JSON contract of every command. Formatters only format these.
 
 pub mod card;
+pub mod dashboard;
 pub mod layers;
 pub mod search;
 
@@ -236,6 +237,30 @@ pub struct FeaturesReport {
     pub hook: HookPoint,
     pub top_k: usize,
     pub prompts: Vec<PromptReport>,
+}
+
+impl FeaturesReport {
+    /// Every label the report carries, by feature (per-token and aggregate entries alike).
+    pub fn labels(&self) -> std::collections::HashMap<u32, String> {
+        let mut labels = std::collections::HashMap::new();
+        for prompt in &self.prompts {
+            let per_token = prompt
+                .tokens
+                .iter()
+                .flat_map(|t| &t.top_features)
+                .map(|f| (f.feature, &f.label));
+            let aggregate = prompt
+                .top_features
+                .iter()
+                .map(|f| (f.stats.feature, &f.label));
+            for (feature, label) in per_token.chain(aggregate) {
+                if let Some(label) = label {
+                    labels.entry(feature).or_insert_with(|| label.clone());
+                }
+            }
+        }
+        labels
+    }
 }
 
 /// One line of `--jsonl`: a prompt with the context a line read alone needs.
