@@ -68,7 +68,7 @@ fn synthetic(features: usize, examples: usize, tokens: usize) -> Dashboard {
                             text: WORDS[rng.next() as usize % WORDS.len()].to_string(),
                             activation: if j == at {
                                 top
-                            } else if rng.next() % 8 == 0 {
+                            } else if rng.next().is_multiple_of(8) {
                                 top * rng.unit()
                             } else {
                                 0.0
