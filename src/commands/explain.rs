@@ -2,7 +2,7 @@
 //! SAE, the checkpoint's embedding and final norm (no block is loaded), and the label cache.
 
 use super::labels::client as neuronpedia_client;
-use super::Job;
+use super::{Job, SaePlan};
 use crate::card;
 use crate::cli::ExplainArgs;
 use crate::hub;
@@ -19,15 +19,27 @@ use candle_core::Device;
 use std::io::Write;
 use std::process::ExitCode;
 
-pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
-    ensure!(args.tokens >= 1, "--tokens must be at least 1");
-    let job = Job::open(&args.model, ui)?;
-    let point = job.hook_point(&args.hook)?;
-    let sae_plan = job.sae(&args.sae, point)?;
-    let (d_in, d_sae) = (sae_plan.d_in, sae_plan.d_sae);
-    for &f in &args.features {
-        sae_plan.check_feature("feature", f)?;
-    }
+/// How much of a card to compute.
+pub(crate) struct CardOptions {
+    /// Promoted and suppressed tokens listed.
+    pub tokens: usize,
+    /// Decoder neighbours listed.
+    pub neighbours: usize,
+    /// Show Neuronpedia labels (from the cache, fetched when allowed) and page data.
+    pub labels: bool,
+}
+
+/// The feature cards of `features` (ids checked by the caller) of the SAE in `sae_plan`: labels,
+/// logit effects, neighbours, norms and threshold. Reads the embedding and final norm from the
+/// checkpoint (no block) and computes on the CPU in f32: a few matrix-vector products. Also
+/// returns where the labels came from, when they did.
+pub(crate) fn feature_cards(
+    job: &Job,
+    sae_plan: &SaePlan,
+    features: &[usize],
+    options: &CardOptions,
+) -> Result<(Vec<FeatureCard>, Option<String>)> {
+    let (d_in, d_sae, point) = (sae_plan.d_in, sae_plan.d_sae, sae_plan.point);
     let tokenizer = job.tokenizer()?;
 
     // Only the embedding matrix and the final norm: no block.
@@ -49,7 +61,6 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
          an SAE that writes the residual stream (--site res or mlp)",
         norm_weight.len()
     );
-    // Cards are computed on the CPU in f32 whatever --device says: a few matrix-vector products.
     let sae = sae_plan.load(&job.ui, SaeParts::EncoderDecoder, &Device::Cpu)?;
     let (w_enc_t, b_enc, threshold) = sae.encoder_weights();
     let w_enc_t = w_enc_t.flatten_all()?.to_vec1::<f32>()?;
@@ -62,8 +73,7 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         .to_vec1::<f32>()?;
     let row = |m: &[f32], f: usize| -> Vec<f32> { m[f * d_in..(f + 1) * d_in].to_vec() };
 
-    let directions: Vec<Vec<f32>> = args
-        .features
+    let directions: Vec<Vec<f32>> = features
         .iter()
         .map(|&f| card::through_final_norm(&row(&w_dec, f), &norm_weight))
         .collect();
@@ -72,11 +82,11 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         .phase("metrics", || card::logit_effects(&weights, &directions))?;
 
     // Labels and Neuronpedia's page data: notes, never errors.
-    let neuronpedia = sae_plan.neuronpedia().filter(|_| !args.no_labels);
+    let neuronpedia = sae_plan.neuronpedia().filter(|_| options.labels);
     let mut labels: Option<Labels> = None;
     let mut source = None;
     if let Some(np) = neuronpedia {
-        let np_client = neuronpedia_client(args.model.offline || job.client.offline(), &job.ui)?;
+        let np_client = neuronpedia_client(job.client.offline(), &job.ui)?;
         match cache::cache_dir() {
             Ok(dir) => {
                 let (found, notes) =
@@ -99,10 +109,10 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         value: r.value,
     };
     let label_of = |f: u32| labels.as_ref().and_then(|l| l.label(f).map(str::to_string));
-    let mut cards = Vec::with_capacity(args.features.len());
-    for (&f, effect) in args.features.iter().zip(&effects) {
-        let (positive, negative) = card::extremes(effect, args.tokens);
-        let neighbours = card::neighbours(&w_dec, d_in, f, args.neighbours)
+    let mut cards = Vec::with_capacity(features.len());
+    for (&f, effect) in features.iter().zip(&effects) {
+        let (positive, negative) = card::extremes(effect, options.tokens);
+        let neighbours = card::neighbours(&w_dec, d_in, f, options.neighbours)
             .into_iter()
             .map(|r| Neighbour {
                 feature: r.id,
@@ -147,6 +157,27 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         }
         cards.push(card);
     }
+    let labels_source = labels
+        .as_ref()
+        .filter(|l| !l.path().as_os_str().is_empty())
+        .map(|l| l.path().display().to_string());
+    Ok((cards, labels_source))
+}
+
+pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
+    ensure!(args.tokens >= 1, "--tokens must be at least 1");
+    let job = Job::open(&args.model, ui)?;
+    let point = job.hook_point(&args.hook)?;
+    let sae_plan = job.sae(&args.sae, point)?;
+    for &f in &args.features {
+        sae_plan.check_feature("feature", f)?;
+    }
+    let options = CardOptions {
+        tokens: args.tokens,
+        neighbours: args.neighbours,
+        labels: !args.no_labels,
+    };
+    let (cards, labels_source) = feature_cards(&job, &sae_plan, &args.features, &options)?;
 
     let report = ExplainReport {
         schema_version: SCHEMA_VERSION,
@@ -154,10 +185,7 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         model: job.model_info(),
         sae: sae_plan.info(),
         hook: point,
-        labels_source: labels
-            .as_ref()
-            .filter(|l| !l.path().as_os_str().is_empty())
-            .map(|l| l.path().display().to_string()),
+        labels_source,
         features: cards,
     };
     let mut out = super::stdout();
