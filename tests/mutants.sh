@@ -13,7 +13,7 @@ s = open(p).read()
 assert a in s, f"pattern not found in {p}: {a}"
 open(p, 'w').write(s.replace(a, b, 1))
 PY
-  if { cargo test -q --test integration -- parity:: eval:: generate:: labels::explain_matches && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
+  if { cargo test -q --test integration -- parity:: eval:: generate:: labels::explain_matches attribution:: cli::many_prompts && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
     echo "MUTATION SURVIVED: $desc"
     survived=1
   else
@@ -39,4 +39,7 @@ try "clamp ignores the current activation" src/generate.rs "let coef = f.neg()?.
 try "logit effects skip the final norm" src/card.rs ".map(|(&d, &w)| d * (1.0 + w))" ".map(|(&d, &w)| d * w)"
 try "logit effects scaled like the input embedding" src/card.rs "let chunk = rows.matmul(&columns)?" "let chunk = (rows * (hidden as f64).sqrt())?.matmul(&columns)?"
 try "a feature is its own neighbour" src/card.rs ".filter(|&(i, _)| i != feature)" ".filter(|_| true)"
+try "packing gathers the wrong rows" src/model/gemma2.rs ".flat_map(|(b, &n)| (0..n).map(move |i| (b * t + i) as u32))" ".flat_map(|(b, &n)| (0..n).map(move |i| (b * t + i.saturating_sub(1)) as u32))"
+try "attribution through the kernel softmax (no gradient)" src/model/gemma2.rs "differentiable::softmax_last_dim(&scores.broadcast_add(&mask)?)?" "candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?"
+try "layer-major runs a block once for the first group only" src/model/gemma2.rs ".map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))" ".map(|((x, ctx), hook)| if std::ptr::eq(*ctx, ctxs[0]) { block.forward(x, ctx, hook, None) } else { Ok(x.clone()) })"
 exit $survived
