@@ -119,7 +119,7 @@ pub fn collect(job: &CorpusJob<'_>, mut reader: CorpusReader, mut store: Store) 
             Err(skip) => *all_skips.entry(skip.reason()).or_insert(0) += 1,
         }
         let batch = record.index / batch_size;
-        let last_of_batch = (record.index + 1) % batch_size == 0;
+        let last_of_batch = (record.index + 1).is_multiple_of(batch_size);
         let mine = batch >= start_batch && job.shard.owns(batch);
         if mine {
             current.push(record);
@@ -134,7 +134,7 @@ pub fn collect(job: &CorpusJob<'_>, mut reader: CorpusReader, mut store: Store) 
             batches_done += 1;
             bar.set_message(rate(tokens_done, started));
             let due = match job.checkpoint.as_ref().and_then(|c| c.every) {
-                Some(n) => batches_done % n == 0,
+                Some(n) => batches_done.is_multiple_of(n),
                 None => job
                     .checkpoint
                     .as_ref()

@@ -445,15 +445,7 @@ impl Store {
 
     /// Writes the store to `path` atomically (a temporary file renamed into place).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::system::write_file_atomically(path, |w| self.write(w))?;
-        // The temporary file was private (0600); a store is meant to be shared like any output.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-                .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
-        }
-        Ok(())
+        crate::system::write_file_atomically(path, |w| self.write(w))
     }
 
     /// Reads a whole store (or checkpoint) back, checking every line.
