@@ -63,6 +63,10 @@ pub enum Command {
     Search(SearchArgs),
     /// Rank the SAE features behind one output token: gradient x activation through the later blocks.
     Attribute(AttributeArgs),
+    /// Every feature's max-activating documents over a corpus, into a store (sharded, resumable).
+    TopExamples(TopExamplesArgs),
+    /// Combine the partial stores of a sharded `top-examples` run, exactly.
+    Merge(MergeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,6 +14,7 @@ pub mod attribution;
 pub mod card;
 pub mod cli;
 pub mod commands;
+pub mod corpus;
 pub mod dashboard;
 pub mod eval;
 pub mod generate;
@@ -51,6 +52,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Labels(args) => commands::labels::run(args, ui),
         Command::Explain(args) => commands::explain::run(args, ui),
         Command::Search(args) => commands::search::run(args, ui),
+        Command::TopExamples(args) => commands::top_examples::run(args, ui),
+        Command::Merge(args) => commands::top_examples::run_merge(args, ui),
     }
 }
 

@@ -235,6 +235,19 @@ impl JumpReluSae {
         gate.where_cond(&pre.relu()?, &pre.zeros_like()?)
     }
 
+    /// The pre-activations `x @ W_enc + b_enc` `[n, d_sae]` in f32: `encode` is [`jumprelu`] of
+    /// them with [`Self::thresholds`]. A caller that reads the activations on the host anyway
+    /// gates them there in one pass instead of three tensor passes.
+    pub fn pre_activations(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        x.matmul(&self.w_enc_t.t()?)?.broadcast_add(&self.b_enc)
+    }
+
+    /// Every feature's threshold.
+    pub fn thresholds(&self) -> candle_core::Result<Vec<f32>> {
+        self.threshold.to_vec1()
+    }
+
     /// Reconstruction `[n, d_in]` from feature activations `f` `[n, d_sae]`.
     pub fn decode(&self, f: &Tensor) -> candle_core::Result<Tensor> {
         let Some(decoder) = &self.decoder else {
@@ -292,7 +305,28 @@ pub struct FeatureEncoder {
     threshold: Tensor,
 }
 
+/// JumpReLU of one pre-activation: `relu(pre) * (pre > threshold)`, the same f32 as `encode`.
+pub fn jumprelu(pre: f32, threshold: f32) -> f32 {
+    if pre > threshold && pre > 0.0 {
+        pre
+    } else {
+        0.0
+    }
+}
+
 impl FeatureEncoder {
+    /// The pre-activations `x @ W_enc[:, F] + b_enc[F]` `[n, k]` in f32 (see
+    /// [`JumpReluSae::pre_activations`]).
+    pub fn pre_activations(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        x.broadcast_matmul(&self.w)?.broadcast_add(&self.b_enc)
+    }
+
+    /// The features' thresholds, in order.
+    pub fn thresholds(&self) -> candle_core::Result<Vec<f32>> {
+        self.threshold.to_vec1()
+    }
+
     /// `relu(pre) * (pre > threshold)` with `pre = x @ W_enc[:, F] + b_enc[F]`, in f32.
     pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
@@ -326,6 +360,17 @@ mod tests {
         assert_eq!(f[1], vec![0.0, 0.6, 0.0]);
         // pre exactly at the threshold stays off: the gate is `pre > threshold`, strictly.
         assert_eq!(f[2], vec![0.0, 0.75, 0.0]);
+        // The host-side gate over the pre-activations gives the same values.
+        let pre = sae.pre_activations(&x).unwrap().to_vec2::<f32>().unwrap();
+        let thresholds = sae.thresholds().unwrap();
+        for (row, want) in pre.iter().zip(&f) {
+            let gated: Vec<f32> = row
+                .iter()
+                .zip(&thresholds)
+                .map(|(&p, &t)| jumprelu(p, t))
+                .collect();
+            assert_eq!(&gated, want);
+        }
         assert!(sae
             .decode(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap())
             .is_err());

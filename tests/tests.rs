@@ -5,6 +5,7 @@ mod util;
 mod attribution;
 mod browser;
 mod cli;
+mod corpus;
 mod eval;
 mod faults;
 mod generate;

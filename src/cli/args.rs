@@ -358,3 +358,72 @@ pub struct AttributeArgs {
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
 }
+
+#[derive(Debug, Args)]
+pub struct TopExamplesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// The corpus: one document per line (text), JSON Lines, or Parquet; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub corpus: PathBuf,
+    /// The corpus layout (auto: from the extension, `.parquet`, `.jsonl`, else text).
+    #[arg(long, value_enum, default_value_t = crate::corpus::CorpusFormat::Auto)]
+    pub format: crate::corpus::CorpusFormat,
+    /// The JSONL field holding each document's text.
+    #[arg(long, value_name = "NAME", conflicts_with = "text_column")]
+    pub text_field: Option<String>,
+    /// The Parquet column holding each document's text.
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Read only the first N records (lines or rows) of the corpus.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Truncate each document to N tokens, BOS included (Neuronpedia's dashboards use 128).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Documents kept per feature.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Tokens of context kept either side of an example's strongest token (default: the whole
+    /// truncated document).
+    #[arg(long, value_name = "C")]
+    pub context: Option<usize>,
+    /// Only these features (comma-separated ids); default: every feature of the SAE.
+    #[arg(long, value_name = "F,F,...", value_delimiter = ',')]
+    pub features: Option<Vec<u32>>,
+    /// Documents run together as one padded batch; shards are made of whole batches.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    /// Where to write the store (JSON Lines; see the README for its layout).
+    #[arg(long, value_name = "STORE")]
+    pub out: PathBuf,
+    /// Run only shard K of N (K from 0 to N-1): `K/N`, `slurm` (a job array's
+    /// SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or `k8s/N`
+    /// (a Kubernetes Indexed Job's JOB_COMPLETION_INDEX of N). Combine with `gemscope merge`.
+    #[arg(long, value_name = "K/N|slurm|k8s/N")]
+    pub shard: Option<String>,
+    /// Write a checkpoint (STORE.checkpoint) every N batches of this shard; 0 never. Default:
+    /// every 5 minutes. Rerunning the same command resumes from it.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Discard an existing checkpoint and start afresh.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Where to write the merged store.
+    #[arg(long, value_name = "STORE")]
+    pub out: PathBuf,
+    /// The partial stores written by `top-examples --shard`.
+    #[arg(value_name = "PART", required = true)]
+    pub parts: Vec<PathBuf>,
+    /// Merge even when some shards are missing (the result stays a partial store).
+    #[arg(long)]
+    pub allow_partial: bool,
+}

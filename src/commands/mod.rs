@@ -13,6 +13,7 @@ pub mod list_saes;
 pub mod meta;
 pub mod search;
 pub mod steer;
+pub mod top_examples;
 
 pub use job::{check_sae_width, site_width, Job, SaePlan};
 

@@ -10,6 +10,7 @@ use crate::model::{HookPoint, Site};
 use serde::{Deserialize, Serialize};
 
 pub mod attribution;
+pub mod examples;
 
 /// Bumped whenever a field of the JSON output changes meaning or disappears (adding fields does not).
 pub const SCHEMA_VERSION: u32 = 1;
