@@ -61,6 +61,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Find features by what their labels say (BM25 over the cached labels, or Neuronpedia's search).
     Search(SearchArgs),
+    /// An HTML dashboard of a top-examples store: index, cards, shaded examples (offline, one file or pages).
+    Dashboard(DashboardArgs),
     /// Rank the SAE features behind one output token: gradient x activation through the later blocks.
     Attribute(AttributeArgs),
     /// Every feature's max-activating documents over a corpus, into a store (sharded, resumable).

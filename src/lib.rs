@@ -47,6 +47,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Generate(args) => commands::generate::run(args, ui),
         Command::Steer(args) => commands::steer::run(args, ui),
         Command::Attribute(args) => commands::attribute::run(args, ui),
+        Command::Dashboard(args) => commands::dashboard::run(args, ui),
         Command::Completions(args) => commands::meta::completions(args),
         Command::Man(args) => commands::meta::man(args),
         Command::Labels(args) => commands::labels::run(args, ui),

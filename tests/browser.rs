@@ -480,3 +480,106 @@ fn screenshots_of_the_index_and_a_card() {
         screenshot(chromium, &url(&file, fragment), &png);
     }
 }
+
+/// The tiny fixture end to end, as a user runs it: `top-examples` over the test corpus, then
+/// `gemscope dashboard`, rendered in Chromium: the index lists every feature of the store that
+/// fired, and a card shows the store's examples and one histogram bar per bin.
+#[test]
+fn dashboard_command_on_the_tiny_fixture_renders_the_store() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.jsonl");
+    let html = dir.path().join("dashboard.html");
+    let (model, sae, corpus, store_arg, html_arg) = (
+        fixture_arg("tiny"),
+        fixture_arg("tiny/sae_res_L1.npz"),
+        fixture_arg("corpus.txt"),
+        store.display().to_string(),
+        html.display().to_string(),
+    );
+    let common = ["--model", &model, "--sae", &sae, "--layer", "1"];
+    let mut args = vec!["top-examples"];
+    args.extend(common);
+    args.extend([
+        "--corpus",
+        &corpus,
+        "--out",
+        &store_arg,
+        "--top",
+        "4",
+        "--context",
+        "3",
+    ]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut args = vec!["dashboard", "--no-labels"];
+    args.extend(common);
+    args.extend(["--examples", &store_arg, "--out", &html_arg]);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "the dashboard goes to its file only");
+
+    let stored = gemscope::corpus::Store::open(&store).unwrap();
+    let fired: Vec<_> = stored
+        .features
+        .iter()
+        .filter_map(|&f| stored.feature(f))
+        .filter(|e| e.active > 0)
+        .collect();
+    let dom = dump_dom(chromium, &url(&html, ""));
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the page's script did not run"
+    );
+    let mut listed = index_rows(&dom);
+    listed.sort_unstable();
+    let mut want: Vec<u32> = fired.iter().map(|e| e.feature).collect();
+    want.sort_unstable();
+    assert_eq!(listed, want, "the index lists every feature that fired");
+
+    // The busiest feature's card: one block per stored example, the histogram's bins as bars.
+    let busiest = fired
+        .iter()
+        .max_by_key(|e| (e.active, std::cmp::Reverse(e.feature)))
+        .unwrap();
+    let dom = dump_dom(
+        chromium,
+        &url(&html, &format!("#feature-{}", busiest.feature)),
+    );
+    let card = section(
+        &dom,
+        &format!("<article class=\"card\" id=\"feature-{}\"", busiest.feature),
+        "</article>",
+    );
+    assert_eq!(
+        card.matches("<div class=\"ex\">").count(),
+        busiest.examples.len()
+    );
+    let active_in_windows: usize = busiest
+        .examples
+        .iter()
+        .map(|e| e.tokens.iter().filter(|t| t.activation > 0.0).count())
+        .sum();
+    assert_eq!(shaded_tokens(card), active_in_windows, "{card}");
+    assert!(section(card, "<svg class=\"hist\"", "</svg>").contains("<rect"));
+
+    // A store of another layer is refused with one line, before anything is written.
+    let other = dir.path().join("other.html");
+    let other_arg = other.display().to_string();
+    let sae3 = fixture_arg("tiny/sae_res_L3.npz");
+    let out = run(&[
+        "dashboard",
+        "--model",
+        &model,
+        "--sae",
+        &sae3,
+        "--layer",
+        "3",
+        "--examples",
+        &store_arg,
+        "--out",
+        &other_arg,
+    ]);
+    assert_fails_with(&out, "holds layer 1 res");
+    assert!(!other.exists());
+}

@@ -778,3 +778,110 @@ fn features_subset_matches_the_full_run() {
     );
     assert_fails_with(&gemscope(&args), "feature 256 does not exist");
 }
+
+/// `explain --examples STORE`: each card carries the store's examples, density and histogram, as
+/// the contract names them, the human view shades the example tokens, and a store of another
+/// layer or a partial one is refused.
+#[test]
+fn explain_shows_a_stores_examples_and_refuses_a_store_of_another_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.jsonl");
+    assert_ok(&gemscope(&reference_args(
+        &fixture_arg("corpus.txt"),
+        &store,
+    )));
+    let stored = Store::open(&store).unwrap();
+    let explain = |extra: &[&str]| {
+        let (model, sae, store) = (
+            fixture_arg("tiny"),
+            fixture_arg("tiny/sae_res_L1.npz"),
+            store.display().to_string(),
+        );
+        let mut args = vec![
+            "explain",
+            "--model",
+            &model,
+            "--sae",
+            &sae,
+            "--layer",
+            "1",
+            "--examples",
+            &store,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // The feature with the most active tokens, and one that never fired if there is one.
+    let busiest = (0..256u32)
+        .max_by_key(|&f| (stored.feature(f).unwrap().active, std::cmp::Reverse(f)))
+        .unwrap();
+    let out = explain(&["--json", &busiest.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let card = &doc["features"][0];
+    let want = stored.feature(busiest).unwrap();
+    assert_eq!(card["tokens"], want.tokens);
+    assert_eq!(card["active"], want.active);
+    assert_eq!(card["density"].as_f64().unwrap(), want.density);
+    assert_eq!(
+        card["max_activation"].as_f64().unwrap() as f32,
+        want.max_activation
+    );
+    let examples = card["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), want.examples.len());
+    assert!(!examples.is_empty());
+    for (got, want) in examples.iter().zip(&want.examples) {
+        assert_eq!(got["document"], want.document);
+        assert_eq!(got["position"], want.position);
+        assert_eq!(got["activation"].as_f64().unwrap() as f32, want.activation);
+        let tokens = got["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), want.tokens.len());
+        for (g, w) in tokens.iter().zip(&want.tokens) {
+            assert_eq!(g["id"], w.id);
+            assert_eq!(g["activation"].as_f64().unwrap() as f32, w.activation);
+            assert!(g["text"].is_string(), "tokens are spelled");
+        }
+    }
+    assert_eq!(
+        card["histogram"]["counts"].as_array().unwrap().len(),
+        want.histogram.counts.len()
+    );
+
+    // The human view: one line per example, active tokens marked with their activation.
+    let out = explain(&["--color", "never", &busiest.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("active on {} of {}", want.active, want.tokens)),
+        "{text}"
+    );
+    let first = &want.examples[0];
+    assert!(
+        text.contains(&format!("doc {} pos {}", first.document, first.position)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(":{:.2}]", first.activation)),
+        "{text}"
+    );
+
+    // Another layer's SAE against this store: refused before anything is computed.
+    let (model, sae3, store_arg) = (
+        fixture_arg("tiny"),
+        fixture_arg("tiny/sae_res_L3.npz"),
+        store.display().to_string(),
+    );
+    let out = run(&[
+        "explain",
+        "--model",
+        &model,
+        "--sae",
+        &sae3,
+        "--layer",
+        "3",
+        "--examples",
+        &store_arg,
+        "1",
+    ]);
+    assert_fails_with(&out, "holds layer 1 res");
+}

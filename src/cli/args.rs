@@ -285,6 +285,10 @@ pub struct ExplainArgs {
     /// Show no Neuronpedia labels and fetch none.
     #[arg(long)]
     pub no_labels: bool,
+    /// A `top-examples` store of the same layer, site and SAE: each card also shows the feature's
+    /// top activating examples (tokens shaded by activation), its density, max and histogram.
+    #[arg(long, value_name = "STORE")]
+    pub examples: Option<PathBuf>,
     /// Print one JSON document (`features[i]`, see the README).
     #[arg(long)]
     pub json: bool,
@@ -426,4 +430,35 @@ pub struct MergeArgs {
     /// Merge even when some shards are missing (the result stays a partial store).
     #[arg(long)]
     pub allow_partial: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sae: SaeArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+    /// The `top-examples` store to show (same layer, site and SAE).
+    #[arg(long, value_name = "STORE")]
+    pub examples: PathBuf,
+    /// `FILE.html` for one self-contained file, or a directory (index.html, and pages when the
+    /// cards pass 16 MB).
+    #[arg(long, value_name = "DIR|FILE.html")]
+    pub out: PathBuf,
+    /// Only these features, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "F,F,...",
+        conflicts_with = "top_features"
+    )]
+    pub features: Option<Vec<u32>>,
+    /// Only the N most often active features (default: every feature of the store that fired).
+    #[arg(long, value_name = "N")]
+    pub top_features: Option<usize>,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
 }

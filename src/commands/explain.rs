@@ -5,6 +5,7 @@ use super::labels::client as neuronpedia_client;
 use super::{Job, SaePlan};
 use crate::card;
 use crate::cli::ExplainArgs;
+use crate::corpus;
 use crate::hub;
 use crate::labels::{self, cache, Labels};
 use crate::model::weights::MappedWeights;
@@ -25,8 +26,11 @@ pub(crate) struct CardOptions {
     pub tokens: usize,
     /// Decoder neighbours listed.
     pub neighbours: usize,
-    /// Show Neuronpedia labels (from the cache, fetched when allowed) and page data.
+    /// Show Neuronpedia labels (from the cache, fetched when allowed).
     pub labels: bool,
+    /// Also ask Neuronpedia's per-feature API for its density and max (one request a feature,
+    /// cached): for a few cards, not for a dashboard of thousands.
+    pub page_data: bool,
 }
 
 /// The feature cards of `features` (ids checked by the caller) of the SAE in `sae_plan`: labels,
@@ -139,9 +143,13 @@ pub(crate) fn feature_cards(
             neuronpedia_url: sae_plan.neuronpedia().map(|n| n.url(f as u32)),
             density: None,
             max_activation: None,
+            tokens: None,
+            active: None,
+            histogram: None,
             examples: None,
         };
-        if let (Some(np), Some((np_client, dir))) = (neuronpedia, &source) {
+        if let (Some(np), Some((np_client, dir)), true) = (neuronpedia, &source, options.page_data)
+        {
             let (info, note) = labels::feature_info(np_client, dir, np, f as u32);
             if let Some(note) = note {
                 job.ui.note(note);
@@ -164,6 +172,34 @@ pub(crate) fn feature_cards(
     Ok((cards, labels_source))
 }
 
+/// Reads a store's header and checks it holds this SAE's layer, site and width, so examples of
+/// another SAE are never shown as this one's.
+pub(crate) fn check_store(
+    path: &std::path::Path,
+    sae_plan: &SaePlan,
+) -> Result<corpus::store::StoreHeader> {
+    let header = corpus::store::read_store_header(path)?;
+    let id = &header.identity;
+    let point = sae_plan.point;
+    ensure!(
+        id.layer == point.layer && id.site == point.site.name() && id.d_sae == sae_plan.d_sae,
+        "{} holds layer {} {} of a {}-feature SAE, not layer {} {} of this {}-feature SAE",
+        path.display(),
+        id.layer,
+        id.site,
+        id.d_sae,
+        point.layer,
+        point.site,
+        sae_plan.d_sae
+    );
+    ensure!(
+        header.shards.is_none() && header.progress.is_none(),
+        "{} is a partial store (a shard or a checkpoint): merge the shards first",
+        path.display()
+    );
+    Ok(header)
+}
+
 pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
     ensure!(args.tokens >= 1, "--tokens must be at least 1");
     let job = Job::open(&args.model, ui)?;
@@ -176,8 +212,35 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         tokens: args.tokens,
         neighbours: args.neighbours,
         labels: !args.no_labels,
+        page_data: !args.no_labels,
     };
-    let (cards, labels_source) = feature_cards(&job, &sae_plan, &args.features, &options)?;
+    // The store first: a mismatched one fails before any weight is read.
+    let store_header = args
+        .examples
+        .as_deref()
+        .map(|path| check_store(path, &sae_plan))
+        .transpose()?;
+    let (mut cards, labels_source) = feature_cards(&job, &sae_plan, &args.features, &options)?;
+    if let (Some(path), Some(_)) = (&args.examples, &store_header) {
+        let tokenizer = job.tokenizer()?;
+        for card in &mut cards {
+            let Some(mut found) = corpus::store::read_feature(path, card.feature)? else {
+                job.ui.note(format!(
+                    "feature {} is not in {} (it was run with --features)",
+                    card.feature,
+                    path.display()
+                ));
+                continue;
+            };
+            found.spell(|id| tokenizer.piece(id));
+            card.density = Some(found.density);
+            card.max_activation = Some(found.max_activation as f64);
+            card.tokens = Some(found.tokens);
+            card.active = Some(found.active);
+            card.histogram = Some(found.histogram);
+            card.examples = Some(found.examples);
+        }
+    }
 
     let report = ExplainReport {
         schema_version: SCHEMA_VERSION,

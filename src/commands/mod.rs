@@ -3,6 +3,7 @@
 
 pub mod activations;
 pub mod attribute;
+pub mod dashboard;
 pub mod eval;
 pub mod explain;
 pub mod features;

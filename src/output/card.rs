@@ -1,6 +1,6 @@
 //! The human views of `gemscope explain` (feature cards) and `gemscope search` (ranked labels).
 
-use super::style::{display_piece, pad, Style};
+use super::style::{display_piece, pad, shade_legend, shaded_tokens, Style};
 use crate::report::card::{ExplainReport, FeatureCard, TokenEffect};
 use crate::report::search::SearchReport;
 use std::io::{self, Write};
@@ -87,6 +87,71 @@ fn write_card(w: &mut dyn Write, card: &FeatureCard, style: Style) -> io::Result
     }
     if let Some(url) = &card.neuronpedia_url {
         writeln!(w, "  {}", style.paint("4", url))?;
+    }
+    if let Some(examples) = &card.examples {
+        write_examples(w, card, examples, style)?;
+    }
+    Ok(())
+}
+
+/// Eighths of a block, for a histogram drawn in one line of text.
+const BARS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// A corpus store's view of a feature: its counts, the log10 histogram as one line of bars over
+/// the decades where it fired, and each top example with its tokens shaded by activation.
+fn write_examples(
+    w: &mut dyn Write,
+    card: &FeatureCard,
+    examples: &[crate::report::examples::Example],
+    style: Style,
+) -> io::Result<()> {
+    let (tokens, active) = (card.tokens.unwrap_or(0), card.active.unwrap_or(0));
+    writeln!(
+        w,
+        "  {} active on {active} of {tokens} corpus tokens",
+        style.dim("examples:")
+    )?;
+    if let Some(h) = &card.histogram {
+        let used: Vec<usize> = (0..h.counts.len()).filter(|&i| h.counts[i] > 0).collect();
+        if let (Some(&first), Some(&last)) = (used.first(), used.last()) {
+            let top = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+            let bars: String = h.counts[first..=last]
+                .iter()
+                .map(|&c| BARS[((c as f64 / top) * 8.0).ceil() as usize])
+                .collect();
+            // Bin k (1-based between the edges) starts at 10^(log10_min + (k-1)/bins_per_decade).
+            let edge = |k: usize| {
+                let k = k.clamp(1, h.counts.len() - 1) as f64;
+                10f64.powf(h.log10_min as f64 + (k - 1.0) / h.bins_per_decade as f64)
+            };
+            writeln!(
+                w,
+                "  {} {:.3e} {} {:.3e}",
+                style.dim("log10 histogram:"),
+                edge(first),
+                style.value(&bars),
+                edge(last + 1)
+            )?;
+        }
+    }
+    if examples.is_empty() {
+        return writeln!(w, "    {}", style.dim("(never active in the corpus)"));
+    }
+    writeln!(w, "  {}", style.dim(&shade_legend(style)))?;
+    for e in examples {
+        let shaded = shaded_tokens(
+            e.tokens
+                .iter()
+                .map(|t| (t.text.as_deref().unwrap_or("?"), t.activation, false)),
+            e.activation,
+            style,
+        );
+        writeln!(
+            w,
+            "    {} {}  {shaded}",
+            style.value(&format!("{:>8.3}", e.activation)),
+            style.dim(&format!("doc {} pos {}", e.document, e.position)),
+        )?;
     }
     Ok(())
 }
@@ -208,6 +273,9 @@ mod tests {
             ),
             density: Some(0.00125),
             max_activation: Some(41.5),
+            tokens: None,
+            active: None,
+            histogram: None,
             examples: None,
         };
         let mut out = Vec::new();

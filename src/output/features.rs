@@ -167,15 +167,6 @@ fn write_highlight(
     highlight: &Highlight,
     style: Style,
 ) -> io::Result<()> {
-    let legend = if style.color {
-        let ramp: String = HIGHLIGHT_SHADES
-            .iter()
-            .map(|c| format!("\x1b[30;48;5;{c}m  \x1b[0m"))
-            .collect();
-        format!("background = activation / max {ramp}")
-    } else {
-        "[token:activation] marks the tokens where it fires".to_string()
-    };
     writeln!(
         w,
         "  {} {}",
@@ -183,23 +174,14 @@ fn write_highlight(
             "feature #{} on this prompt (max {:.2}):",
             highlight.feature, highlight.max
         )),
-        style.dim(&legend)
+        style.dim(&shade_legend(style))
     )?;
-    let mut line = String::new();
-    for (token, &a) in prompt.tokens.iter().zip(&highlight.activations) {
-        let piece = display_piece(&token.text).replace('\u{2581}', " ");
-        if token.bos {
-            line.push_str(&style.dim(&piece));
-            continue;
-        }
-        match shade(a, highlight.max) {
-            Some(c) if style.color => line.push_str(&format!("\x1b[30;48;5;{c}m{piece}\x1b[0m")),
-            Some(_) => line.push_str(&format!("[{piece}:{a:.2}]")),
-            None if a > 0.0 && !style.color => line.push_str(&format!("[{piece}:{a:.2}]")),
-            None => line.push_str(&piece),
-        }
-    }
-    writeln!(w, "  {line}")
+    let tokens = prompt
+        .tokens
+        .iter()
+        .zip(&highlight.activations)
+        .map(|(token, &a)| (token.text.as_str(), a, token.bos));
+    writeln!(w, "  {}", shaded_tokens(tokens, highlight.max, style))
 }
 
 /// The human view of `gemscope features --layers`: each layer's per-prompt tables, then each

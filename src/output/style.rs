@@ -158,3 +158,40 @@ pub fn clip_to(text: &str, width: usize) -> String {
     }
     out
 }
+
+/// Tokens shaded by one feature's activation relative to `max` (the Neuronpedia look, the
+/// `--highlight` shades with black text); without colour the tokens where it fires are marked
+/// `[token:1.23]`. Each item is `(piece, activation, dim)`: a dim token (BOS) is never shaded.
+pub fn shaded_tokens<'a>(
+    tokens: impl IntoIterator<Item = (&'a str, f32, bool)>,
+    max: f32,
+    style: Style,
+) -> String {
+    let mut line = String::new();
+    for (piece, a, dim) in tokens {
+        let piece = display_piece(piece).replace('\u{2581}', " ");
+        if dim {
+            line.push_str(&style.dim(&piece));
+            continue;
+        }
+        match shade(a, max) {
+            Some(c) if style.color => line.push_str(&format!("\x1b[30;48;5;{c}m{piece}\x1b[0m")),
+            _ if a > 0.0 && !style.color => line.push_str(&format!("[{piece}:{a:.2}]")),
+            _ => line.push_str(&piece),
+        }
+    }
+    line
+}
+
+/// The legend of [`shaded_tokens`]: the colour ramp, or what the brackets mean.
+pub fn shade_legend(style: Style) -> String {
+    if style.color {
+        let ramp: String = HIGHLIGHT_SHADES
+            .iter()
+            .map(|c| format!("\x1b[30;48;5;{c}m  \x1b[0m"))
+            .collect();
+        format!("background = activation / max {ramp}")
+    } else {
+        "[token:activation] marks the tokens where it fires".to_string()
+    }
+}

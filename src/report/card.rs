@@ -58,13 +58,19 @@ pub struct FeatureCard {
     pub neighbours: Vec<Neighbour>,
     /// The feature's Neuronpedia page, for canonical Gemma Scope SAEs.
     pub neuronpedia_url: Option<String>,
-    /// Neuronpedia's fraction of tokens the feature fires on (`frac_nonzero`), when cached.
+    /// † The fraction of tokens the feature fires on: over the store's corpus with
+    /// `--examples STORE`, else Neuronpedia's `frac_nonzero` when cached.
     pub density: Option<f64>,
-    /// Neuronpedia's approximate max activation (`maxActApprox`), when cached.
+    /// † The largest activation: over the store's corpus with `--examples STORE`, else
+    /// Neuronpedia's approximate `maxActApprox` when cached.
     pub max_activation: Option<f64>,
-    /// Top activating examples from a corpus store (`--examples STORE`); `null` without one.
-    /// Each entry is the store's own JSON for one example.
-    pub examples: Option<Vec<serde_json::Value>>,
+    /// † Non-BOS tokens of the store's corpus, and how many had the feature active (`--examples`).
+    pub tokens: Option<u64>,
+    pub active: Option<u64>,
+    /// The store's log10 activation histogram (`--examples`).
+    pub histogram: Option<crate::report::examples::Histogram>,
+    /// † Top activating examples from a corpus store (`--examples STORE`); `null` without one.
+    pub examples: Option<Vec<crate::report::examples::Example>>,
 }
 
 /// The whole output of `gemscope explain --json`.
