@@ -870,3 +870,52 @@ fn steer_names_its_features_by_their_labels() {
     let text = crate::util::stdout(&out);
     assert!(text.contains("#7 (bridges and tunnels) +400"), "{text}");
 }
+
+#[test]
+fn attribute_names_its_features_by_their_labels() {
+    const SAE1: &str = "1-gemmascope-res-16k";
+    let home = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(vec![gemma_2_2b(), gemma_scope_2b_pt_res()]);
+    let np = FakeNeuronpedia::start();
+    // Label every feature, so whichever ranks first has one.
+    let lines: String = (0..256)
+        .map(|f| export_line(MODEL, SAE1, f, &format!("concept number {f}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    np.object(&batch_key(MODEL, SAE1, 0), gzip(&lines));
+    let args = ["attribute", "--layer", "1", "--top-k", "3", "--json"];
+    let mut with_prompt = args.to_vec();
+    with_prompt.push("The Golden Gate Bridge is");
+    let doc = json_of(&on_hub(
+        &hub,
+        home.path(),
+        cache.path(),
+        &np.url(),
+        &with_prompt,
+    ));
+    let top = &doc["attributions"][0];
+    let feature = top["feature"].as_u64().unwrap();
+    assert_eq!(top["label"], format!("concept number {feature}"));
+    let total = &doc["features"][0];
+    assert_eq!(
+        total["label"],
+        format!("concept number {}", total["feature"].as_u64().unwrap())
+    );
+    let mut plain = vec![
+        "attribute",
+        "--layer",
+        "1",
+        "--top-k",
+        "3",
+        "--color",
+        "never",
+    ];
+    plain.push("The Golden Gate Bridge is");
+    let out = on_hub(&hub, home.path(), cache.path(), &np.url(), &plain);
+    let text = crate::util::stdout(&out);
+    assert!(
+        text.contains(&format!("concept number {feature}")),
+        "{text}"
+    );
+}

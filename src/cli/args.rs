@@ -361,6 +361,9 @@ pub struct AttributeArgs {
     /// Colour in the human view; NO_COLOR, when set, always turns it off.
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+    /// Show no Neuronpedia labels and fetch none.
+    #[arg(long)]
+    pub no_labels: bool,
 }
 
 #[derive(Debug, Args)]

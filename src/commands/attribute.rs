@@ -4,6 +4,7 @@ use super::{stdout, Job};
 use crate::attribution::{self, FeatureAttribution, LaterBlocks, Request};
 use crate::cli::AttributeArgs;
 use crate::hub::{needed_shards, Weights};
+use crate::labels::PendingLabels;
 use crate::model::{Config, HookPoint, Parts, Site};
 use crate::output;
 use crate::report::attribution::{
@@ -138,6 +139,13 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
     let explicit_target = target_id(&args, &tokenizer, cfg)?;
 
     let sae_plan = job.sae(&args.sae, point)?;
+    let pending = PendingLabels::start_if(
+        sae_plan.neuronpedia().filter(|_| !args.no_labels),
+        sae_plan.d_sae,
+        point.layer,
+        job.client.offline(),
+        job.ui.quiet(),
+    );
     // Every block (those before the hook point streamed); the LM head is read in slices. The
     // final norm sits with the last block in every published checkpoint; should it have a shard
     // of its own, the head is loaded whole instead (same numbers, more memory).
@@ -201,6 +209,15 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
 
     let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.piece(id)).collect();
     let url = |feature: u32| sae_plan.neuronpedia().map(|n| n.url(feature));
+    let (labels, notes) = pending.finish();
+    for note in notes {
+        ui.note(note);
+    }
+    let label = |feature: u32| {
+        labels
+            .as_ref()
+            .and_then(|l| l.label(feature).map(str::to_string))
+    };
     let limit = if args.all { usize::MAX } else { args.top_k };
     let report = AttributionReport {
         schema_version: SCHEMA_VERSION,
@@ -240,6 +257,7 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
                 feature: f.feature,
                 activation: f.activation,
                 attribution: f.attribution,
+                label: label(f.feature),
                 neuronpedia_url: url(f.feature),
             })
             .collect(),
@@ -250,6 +268,7 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
                 feature,
                 attribution_sum,
                 positions,
+                label: label(feature),
                 neuronpedia_url: url(feature),
             })
             .collect(),

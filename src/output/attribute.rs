@@ -1,5 +1,6 @@
 //! The human view of `gemscope attribute`: target, ranked attributions, error share, shaded tokens.
 
+use super::card::truncate_label;
 use super::style::{clip, display_piece, display_prompt, pad, Style};
 use crate::report::attribution::AttributionReport;
 use std::io::{self, Write};
@@ -123,6 +124,9 @@ pub fn write_attribution(
             a.activation,
             style.value(&format!("{:>12}", fmt_signed(a.attribution)))
         );
+        if let Some(label) = &a.label {
+            line.push_str(&format!("  {}", truncate_label(label, 40)));
+        }
         if let Some(ablation) = &report.ablation {
             match ablation
                 .iter()
@@ -158,11 +162,15 @@ pub fn write_attribution(
     for f in &report.features {
         writeln!(
             w,
-            "  {} {}  at {} position{}",
+            "  {} {}  at {} position{}{}",
             style.feature(&format!("#{:<6}", f.feature)),
             style.value(&format!("{:>12}", fmt_signed(f.attribution_sum))),
             f.positions,
-            if f.positions == 1 { "" } else { "s" }
+            if f.positions == 1 { "" } else { "s" },
+            f.label
+                .as_deref()
+                .map(|l| format!("  {}", truncate_label(l, 60)))
+                .unwrap_or_default()
         )?;
     }
     writeln!(

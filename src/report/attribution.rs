@@ -59,6 +59,8 @@ pub struct AttributionEntry {
     pub activation: f32,
     /// `activation * d metric / d activation`.
     pub attribution: f64,
+    /// The feature's first Neuronpedia label when cached; `null` otherwise.
+    pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neuronpedia_url: Option<String>,
 }
@@ -70,6 +72,8 @@ pub struct FeatureTotal {
     pub attribution_sum: f64,
     /// Positions where it is active (at or before the read position).
     pub positions: usize,
+    /// The feature's first Neuronpedia label when cached; `null` otherwise.
+    pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neuronpedia_url: Option<String>,
 }
