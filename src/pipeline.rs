@@ -18,7 +18,8 @@ pub fn capture(model: &Gemma2, ids: &[u32], point: HookPoint) -> Result<Tensor> 
 /// streamed block is read once for all of them, and every matmul sees all their tokens at once.
 /// Each prompt's activation is `[its tokens, width]`, as it would be run alone.
 pub fn capture_many(model: &Gemma2, prompts: &[Vec<u32>], point: HookPoint) -> Result<Vec<Tensor>> {
-    Ok(capture_points(model, prompts, &[point])?.remove(0))
+    let mut groups = capture_groups(model, &[prompts], point)?;
+    Ok(groups.remove(0))
 }
 
 /// [`capture_many`] at several hook points in one forward pass, through the deepest point's
@@ -45,17 +46,7 @@ pub fn capture_points(
         .with_context(|| format!("forward pass to layer {last} failed"))?;
     hook.values
         .into_iter()
-        .map(|value| {
-            let captured = value
-                .context("the hook point was never reached")?
-                .to_dtype(DType::F32)?;
-            batch
-                .lengths
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
-                .collect()
-        })
+        .map(|value| unpad(&batch, value))
         .collect()
 }
 
@@ -84,18 +75,20 @@ pub fn capture_groups(
     batches
         .iter()
         .zip(hooks)
-        .map(|(batch, hook)| {
-            let captured = hook
-                .value
-                .context("the hook point was never reached")?
-                .to_dtype(DType::F32)?;
-            batch
-                .lengths
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
-                .collect()
-        })
+        .map(|(batch, hook)| unpad(batch, hook.value))
+        .collect()
+}
+
+/// A captured `[prompts, longest, width]` activation cut back to each prompt's own tokens, f32.
+fn unpad(batch: &PaddedBatch, captured: Option<Tensor>) -> Result<Vec<Tensor>> {
+    let captured = captured
+        .context("the hook point was never reached")?
+        .to_dtype(DType::F32)?;
+    batch
+        .lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Ok(captured.get(i)?.narrow(0, 0, n)?.contiguous()?))
         .collect()
 }
 

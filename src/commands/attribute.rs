@@ -4,7 +4,6 @@ use super::{stdout, Job};
 use crate::attribution::{self, FeatureAttribution, LaterBlocks, Request};
 use crate::cli::AttributeArgs;
 use crate::hub::{needed_shards, Weights};
-use crate::labels::PendingLabels;
 use crate::model::{Config, HookPoint, Parts, Site};
 use crate::output;
 use crate::report::attribution::{
@@ -139,13 +138,7 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
     let explicit_target = target_id(&args, &tokenizer, cfg)?;
 
     let sae_plan = job.sae(&args.sae, point)?;
-    let pending = PendingLabels::start_if(
-        sae_plan.neuronpedia().filter(|_| !args.no_labels),
-        sae_plan.d_sae,
-        point.layer,
-        job.client.offline(),
-        job.ui.quiet(),
-    );
+    let pending = job.pending_labels(&sae_plan, !args.no_labels);
     // Every block (those before the hook point streamed); the LM head is read in slices. The
     // final norm sits with the last block in every published checkpoint; should it have a shard
     // of its own, the head is loaded whole instead (same numbers, more memory).
@@ -209,10 +202,7 @@ pub fn run(args: AttributeArgs, ui: Ui) -> Result<ExitCode> {
 
     let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.piece(id)).collect();
     let url = |feature: u32| sae_plan.neuronpedia().map(|n| n.url(feature));
-    let (labels, notes) = pending.finish();
-    for note in notes {
-        ui.note(note);
-    }
+    let labels = job.finish_labels(pending);
     let label = |feature: u32| {
         labels
             .as_ref()

@@ -2,7 +2,7 @@
 
 use super::{stdout, Job};
 use crate::cli::{BlockMode, FeaturesArgs};
-use crate::labels::{Labels, PendingLabels};
+use crate::labels::PendingLabels;
 use crate::model::Parts;
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
@@ -43,13 +43,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     if let Some(f) = args.highlight {
         sae_plan.check_feature("--highlight", f)?;
     }
-    let pending = PendingLabels::start_if(
-        sae_plan.neuronpedia().filter(|_| !args.no_labels),
-        sae_plan.d_sae,
-        point.layer,
-        job.client.offline(),
-        job.ui.quiet(),
-    );
+    let pending = job.pending_labels(&sae_plan, !args.no_labels);
     let sae_parts = if args.encode_only {
         SaeParts::EncoderOnly
     } else {
@@ -128,7 +122,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     let mut pending = Some(pending);
     let mut labels = None;
     if args.output.jsonl {
-        labels = finish_labels(ui, pending.take());
+        labels = pending.take().and_then(|p| job.finish_labels(p));
     }
     for (g, group_ids) in groups.iter().enumerate() {
         let activations = if layer_major {
@@ -177,7 +171,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         out.flush()?;
     }
     if !args.output.jsonl {
-        if let Some(labels) = finish_labels(ui, pending.take()) {
+        if let Some(labels) = pending.take().and_then(|p| job.finish_labels(p)) {
             for report in &mut reports {
                 report.attach_labels(|f| labels.label(f).map(str::to_string));
             }
@@ -217,15 +211,6 @@ fn write_report(
     } else {
         output::features::write_features_table(out, report, style)
     }
-}
-
-/// The labels of a pending fetch, its notes printed.
-fn finish_labels(ui: &Ui, pending: Option<PendingLabels>) -> Option<Labels> {
-    let (labels, notes) = pending?.finish();
-    for note in notes {
-        ui.note(note);
-    }
-    labels
 }
 
 /// `features --layers`: one forward pass to the deepest requested layer with every layer's
@@ -271,15 +256,7 @@ fn run_layers(
     }
     let pending: Vec<PendingLabels> = plans
         .iter()
-        .map(|plan| {
-            PendingLabels::start_if(
-                plan.neuronpedia().filter(|_| !args.no_labels),
-                plan.d_sae,
-                plan.point.layer,
-                job.client.offline(),
-                job.ui.quiet(),
-            )
-        })
+        .map(|plan| job.pending_labels(plan, !args.no_labels))
         .collect();
     let sae_parts = if args.encode_only {
         SaeParts::EncoderOnly
@@ -331,7 +308,7 @@ fn run_layers(
     let mut layer_reports = Vec::with_capacity(layers.len());
     for ((plan, acts), pending) in plans.iter().zip(captured).zip(pending) {
         let sae = plan.load(ui, sae_parts, &job.device)?;
-        let labels = finish_labels(ui, Some(pending));
+        let labels = job.finish_labels(pending);
         let mut reports = Vec::with_capacity(prompts.len());
         for (index, (ids, x)) in encoded.iter().zip(&acts).enumerate() {
             let input = PromptInput {

@@ -4,6 +4,7 @@
 
 use crate::cli::{dtype_name, select_device, GenerationArgs, HookArgs, ModelArgs, SaeArgs};
 use crate::hub::{self, HubClient, HubOptions, ModelFiles, ResolvedSae, SaeRequest};
+use crate::labels::{Labels, PendingLabels};
 use crate::model::{self, Config, Gemma2, HookPoint, Parts, Site};
 use crate::report::{ModelInfo, Neuronpedia, NeuronpediaInfo, PromptInfo, SaeInfo};
 use crate::sae::{self, JumpReluSae, SaeParts};
@@ -200,6 +201,28 @@ impl Job {
             stop_ids,
         };
         Ok((tokenizer, info))
+    }
+
+    /// Starts reading the SAE's Neuronpedia labels on a thread beside the computation (pulling
+    /// them when missing and the network is allowed), unless `wanted` is false or Neuronpedia
+    /// does not host the SAE.
+    pub fn pending_labels(&self, sae: &SaePlan, wanted: bool) -> PendingLabels {
+        PendingLabels::start_if(
+            sae.neuronpedia().filter(|_| wanted),
+            sae.d_sae,
+            sae.point.layer,
+            self.client.offline(),
+            self.ui.quiet(),
+        )
+    }
+
+    /// The labels of a pending read, its notes printed (a failed fetch is a note, never an error).
+    pub fn finish_labels(&self, pending: PendingLabels) -> Option<Labels> {
+        let (labels, notes) = pending.finish();
+        for note in notes {
+            self.ui.note(note);
+        }
+        labels
     }
 
     /// The report's description of the model and where it ran.

@@ -4,7 +4,6 @@
 use super::{note_speed, stdout, Job};
 use crate::cli::SteerArgs;
 use crate::generate::{self, GenerateOptions, Steering};
-use crate::labels::PendingLabels;
 use crate::model::{NoHook, Parts, Site};
 use crate::output;
 use crate::report::{SamplingInfo, SteerReport, SteeringEntry, SCHEMA_VERSION};
@@ -49,13 +48,7 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
     for &(f, _) in &steering {
         sae_plan.check_feature("--feature", f)?;
     }
-    let pending = PendingLabels::start_if(
-        sae_plan.neuronpedia().filter(|_| !args.no_labels),
-        sae_plan.d_sae,
-        point.layer,
-        job.client.offline(),
-        job.ui.quiet(),
-    );
+    let pending = job.pending_labels(&sae_plan, !args.no_labels);
     let parts = Parts::full(job.config());
     let mut plan = job.memory_plan(parts);
     sae_plan.add_to(&mut plan, SaeParts::EncoderDecoder, false);
@@ -78,10 +71,7 @@ pub fn run(args: SteerArgs, ui: Ui) -> Result<ExitCode> {
         Ok((baseline, steered))
     })?;
 
-    let (labels, notes) = pending.finish();
-    for note in notes {
-        ui.note(note);
-    }
+    let labels = job.finish_labels(pending);
     let label_of = |f: usize| {
         labels
             .as_ref()
