@@ -510,12 +510,15 @@ fn many_prompts_give_the_same_numbers_resident_layer_major_and_one_group_at_a_ti
         assert!(out.status.success(), "{mode}: {}", stderr(&out));
         out
     };
-    let resident = with_blocks("auto");
+    let auto = with_blocks("auto");
+    assert!(stderr(&auto).contains("layer-major"), "{}", stderr(&auto));
+    let resident = with_blocks("resident");
     assert!(
         stderr(&resident).contains("blocks resident"),
         "{}",
         stderr(&resident)
     );
+    assert_eq!(stdout(&auto), stdout(&resident), "auto changed a number");
     let layer_major = with_blocks("layer-major");
     assert!(
         stderr(&layer_major).contains("layer-major"),

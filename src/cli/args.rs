@@ -36,9 +36,10 @@ pub struct FeaturesArgs {
     /// SAEs; variance explained and MSE are then not computed (null in JSON).
     #[arg(long)]
     pub encode_only: bool,
-    /// How blocks 0..=L are held when prompts run in several groups of 32: auto (resident when
-    /// they fit in memory, else layer-major, else streamed per group), resident, layer-major
-    /// (each block read once and applied to every group), or streamed (read again per group).
+    /// How blocks 0..=L are held when prompts run in several groups of 32: auto (layer-major
+    /// when the groups' residual streams fit in memory, else streamed per group), layer-major
+    /// (each block read once and applied to every group), resident (all kept in memory), or
+    /// streamed (read again per group).
     #[arg(long, value_enum, default_value_t = BlockMode::Auto)]
     pub blocks: BlockMode,
     /// Also print each prompt with its tokens shaded by feature F's activation relative to the

@@ -51,9 +51,10 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     };
 
     // How the blocks are read. One group of prompts: each block is streamed from the file once.
-    // Several groups: resident when blocks 0..=L fit, so no group re-reads them; otherwise
-    // layer-major, each streamed block applied to every group before the next (the groups'
-    // residual streams held meanwhile). All three compute the same numbers.
+    // Several groups: layer-major, each streamed block applied to every group before the next
+    // (the groups' residual streams held meanwhile), when those fit; else each group streams
+    // the blocks again. `--blocks resident` keeps them all in memory instead. All compute the
+    // same numbers.
     let cfg = job.config();
     let groups: Vec<&[Vec<u32>]> = encoded.chunks(PROMPT_GROUP).collect();
     let t = encoded.iter().map(Vec::len).max().unwrap_or(0) as u64;
@@ -84,7 +85,9 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         BlockMode::Resident => (resident, false),
         BlockMode::LayerMajor => (streamed, true),
         BlockMode::Streamed => (streamed, false),
-        BlockMode::Auto if plan_for(resident, 1).fits() => (resident, false),
+        // Layer-major reads each block once for the whole job and holds only the groups'
+        // residual streams: measured faster than resident blocks (which are all read before
+        // the first group runs, with nothing to overlap) and far smaller (BENCHMARKS.md).
         BlockMode::Auto if plan_for(streamed, held).fits() => (streamed, true),
         BlockMode::Auto => (streamed, false),
     };
