@@ -10,103 +10,13 @@
 use candle_core::{DType, Device, Tensor};
 use gemscope::generate::{self, GenerateOptions, Sampling};
 use gemscope::hub::ModelFiles;
-use gemscope::model::{self, HookPoint, NoHook, Parts, Site};
+use gemscope::model::{HookPoint, NoHook, Parts, Site};
 use gemscope::pipeline::{self, PromptInput};
 use gemscope::sae::{JumpReluSae, SaeParts};
-use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-const HIDDEN: usize = 2304;
-const FFN: usize = 9216;
-const HEADS: usize = 8;
-const KV_HEADS: usize = 4;
-const HEAD_DIM: usize = 256;
-const VOCAB: usize = 8192;
-const D_SAE: usize = 16384;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn randn(shape: &[usize], std: f64) -> Tensor {
-    Tensor::randn(0f32, std as f32, shape, &Device::Cpu).unwrap()
-}
-
-/// Writes a random Gemma-2-2B-shaped checkpoint with `layers` blocks into `dir`.
-fn write_model(dir: &Path, layers: usize) {
-    let config = serde_json::json!({
-        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
-        "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
-        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192, "bos_token_id": 2,
-        "torch_dtype": "float32"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert(
-        "model.embed_tokens.weight".into(),
-        randn(&[VOCAB, HIDDEN], 0.02),
-    );
-    tensors.insert("model.norm.weight".into(), randn(&[HIDDEN], 0.1));
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        let linear = |out: usize, inp: usize| randn(&[out, inp], (inp as f64).powf(-0.5));
-        tensors.insert(
-            format!("{p}.self_attn.q_proj.weight"),
-            linear(HEADS * HEAD_DIM, HIDDEN),
-        );
-        tensors.insert(
-            format!("{p}.self_attn.k_proj.weight"),
-            linear(KV_HEADS * HEAD_DIM, HIDDEN),
-        );
-        tensors.insert(
-            format!("{p}.self_attn.v_proj.weight"),
-            linear(KV_HEADS * HEAD_DIM, HIDDEN),
-        );
-        tensors.insert(
-            format!("{p}.self_attn.o_proj.weight"),
-            linear(HIDDEN, HEADS * HEAD_DIM),
-        );
-        tensors.insert(format!("{p}.mlp.gate_proj.weight"), linear(FFN, HIDDEN));
-        tensors.insert(format!("{p}.mlp.up_proj.weight"), linear(FFN, HIDDEN));
-        tensors.insert(format!("{p}.mlp.down_proj.weight"), linear(HIDDEN, FFN));
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            tensors.insert(format!("{p}.{norm}.weight"), randn(&[HIDDEN], 0.1));
-        }
-    }
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-}
-
-/// Writes a random 16k-wide JumpReLU SAE (safetensors, Gemma Scope tensor names).
-fn write_sae(path: &Path) {
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert(
-        "W_enc".into(),
-        randn(&[HIDDEN, D_SAE], (HIDDEN as f64).powf(-0.5)),
-    );
-    tensors.insert(
-        "W_dec".into(),
-        randn(&[D_SAE, HIDDEN], (D_SAE as f64).powf(-0.5)),
-    );
-    tensors.insert("b_enc".into(), randn(&[D_SAE], 0.01));
-    tensors.insert("b_dec".into(), randn(&[HIDDEN], 0.01));
-    tensors.insert(
-        "threshold".into(),
-        (randn(&[D_SAE], 0.1).abs().unwrap() + 0.5).unwrap(),
-    );
-    candle_core::safetensors::save(&tensors, path).unwrap();
-}
+mod synthetic;
+use synthetic::*;
 
 #[derive(Default)]
 struct Timings {
@@ -257,15 +167,4 @@ fn main() {
             g.tokens_per_second().unwrap_or(0.0)
         );
     }
-}
-
-/// Maps the checkpoint's weight files for `parts` and builds the model, as a job does.
-fn load_model(
-    files: &gemscope::hub::ModelFiles,
-    parts: Parts,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> anyhow::Result<gemscope::model::Gemma2> {
-    let paths = files.weight_files(parts)?;
-    model::load(&files.config, &paths, parts, dtype, device)
 }

@@ -7,91 +7,14 @@
 use candle_core::{DType, Device, Tensor};
 use gemscope::hub::{ModelFiles, Neuronpedia};
 use gemscope::labels::{Cached, Labels};
-use gemscope::model::{self, HookPoint, Parts, Site};
+use gemscope::model::{HookPoint, Parts, Site};
 use gemscope::pipeline;
 use gemscope::sae::{JumpReluSae, SaeParts};
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-const HIDDEN: usize = 2304;
-const FFN: usize = 9216;
-const HEADS: usize = 8;
-const KV_HEADS: usize = 4;
-const HEAD_DIM: usize = 256;
-const VOCAB: usize = 8192;
-const D_SAE: usize = 16384;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn randn(shape: &[usize], std: f64) -> Tensor {
-    Tensor::randn(0f32, std as f32, shape, &Device::Cpu).unwrap()
-}
-
-/// A random Gemma-2-2B-shaped checkpoint with `layers` blocks, and a 16k SAE, in `dir`.
-fn write_files(dir: &Path, layers: usize) {
-    let config = serde_json::json!({
-        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
-        "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
-        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192, "bos_token_id": 2,
-        "torch_dtype": "float32"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert(
-        "model.embed_tokens.weight".into(),
-        randn(&[VOCAB, HIDDEN], 0.02),
-    );
-    tensors.insert("model.norm.weight".into(), randn(&[HIDDEN], 0.1));
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        let linear = |out: usize, inp: usize| randn(&[out, inp], (inp as f64).powf(-0.5));
-        for (name, out, inp) in [
-            ("self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN),
-            ("self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN),
-            ("self_attn.v_proj", KV_HEADS * HEAD_DIM, HIDDEN),
-            ("self_attn.o_proj", HIDDEN, HEADS * HEAD_DIM),
-            ("mlp.gate_proj", FFN, HIDDEN),
-            ("mlp.up_proj", FFN, HIDDEN),
-            ("mlp.down_proj", HIDDEN, FFN),
-        ] {
-            tensors.insert(format!("{p}.{name}.weight"), linear(out, inp));
-        }
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            tensors.insert(format!("{p}.{norm}.weight"), randn(&[HIDDEN], 0.1));
-        }
-    }
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let mut sae: HashMap<String, Tensor> = HashMap::new();
-    sae.insert(
-        "W_enc".into(),
-        randn(&[HIDDEN, D_SAE], (HIDDEN as f64).powf(-0.5)),
-    );
-    sae.insert(
-        "W_dec".into(),
-        randn(&[D_SAE, HIDDEN], (D_SAE as f64).powf(-0.5)),
-    );
-    sae.insert("b_enc".into(), randn(&[D_SAE], 0.01));
-    sae.insert("b_dec".into(), randn(&[HIDDEN], 0.01));
-    sae.insert(
-        "threshold".into(),
-        (randn(&[D_SAE], 0.1).abs().unwrap() + 0.5).unwrap(),
-    );
-    candle_core::safetensors::save(&sae, dir.join("sae.safetensors")).unwrap();
-}
+mod synthetic;
+use synthetic::*;
 
 /// Encodes (and decodes) `x` with the SAE loaded from `path`, dropping it after: what
 /// `features` does per layer.
@@ -109,7 +32,8 @@ fn main() {
         "writing a {layers}-layer Gemma-2-2B-width checkpoint and a {D_SAE}-wide SAE to {}",
         dir.path().display()
     );
-    write_files(dir.path(), layers);
+    write_model(dir.path(), layers);
+    write_sae(&dir.path().join("sae.safetensors"));
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let sae_path = dir.path().join("sae.safetensors");
     let ids: Vec<u32> = std::iter::once(2)
@@ -123,8 +47,7 @@ fn main() {
         })
         .collect();
     let parts = Parts::through_layer(layers - 1);
-    let paths = files.weight_files(parts).unwrap();
-    let model = model::load(&files.config, &paths, parts, DType::F32, &Device::Cpu).unwrap();
+    let model = load_model(&files, parts, DType::F32, &Device::Cpu).unwrap();
     println!(
         "gemscope features --layers benchmark: {layers} streamed blocks of Gemma-2-2B width, \
          {tokens} tokens, a {D_SAE}-wide SAE per layer, CPU f32, {} threads",
