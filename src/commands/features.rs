@@ -1,16 +1,19 @@
 //! `gemscope features`: per-token SAE features and reconstruction statistics for prompts.
 
-use super::{stdout, Job};
+use super::{stdout, Job, SaePlan};
 use crate::cli::{BlockMode, FeaturesArgs};
-use crate::labels::PendingLabels;
+use crate::labels::{Labels, PendingLabels};
 use crate::model::Parts;
 use crate::output::{self, Style};
 use crate::pipeline::{self, PromptInput};
 use crate::report::layers::{rank_across_layers, LayerReport, LayersReport};
+use crate::report::PromptReport;
 use crate::report::{FeaturesReport, PromptLine, SCHEMA_VERSION};
-use crate::sae::SaeParts;
+use crate::sae::{JumpReluSae, SaeParts};
+use crate::tokenizer::PromptTokenizer;
 use crate::ui::Ui;
 use anyhow::{bail, ensure, Context, Result};
+use candle_core::Tensor;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -137,27 +140,18 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         };
         for (offset, (ids, x)) in group_ids.iter().zip(&activations).enumerate() {
             let index = g * PROMPT_GROUP + offset;
-            let input = PromptInput {
-                index,
-                text: &prompts[index],
-                ids,
-                pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect(),
+            let reading = Reading {
+                sae: &sae,
+                plan: &sae_plan,
+                labels: labels.as_ref(),
+                top_k: args.top_k,
             };
-            let encoded = ui.phase("encode", || pipeline::encode(x, &sae))?;
-            let mut report = ui
-                .phase("metrics", || {
-                    pipeline::analyze(input, x, &encoded, sae.d_sae(), point, args.top_k)
-                })
-                .with_context(|| format!("prompt {}", index + 1))?;
+            let mut report =
+                prompt_report(ui, &reading, &tokenizer, index, &prompts[index], ids, x)
+                    .with_context(|| format!("prompt {}", index + 1))?;
             if let Some(feature) = args.highlight {
                 report.highlight =
                     Some(ui.phase("encode", || pipeline::highlight(x, &sae, feature))?);
-            }
-            if let Some(neuronpedia) = sae_plan.neuronpedia() {
-                report.link_neuronpedia(neuronpedia);
-            }
-            if let Some(labels) = &labels {
-                report.attach_labels(|f| labels.label(f).map(str::to_string));
             }
             if args.output.jsonl {
                 let line = PromptLine {
@@ -201,6 +195,52 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     out.flush()?;
     ui.report_phases();
     Ok(ExitCode::SUCCESS)
+}
+
+/// An SAE, how it was resolved and its labels: what reads a prompt's activation.
+struct Reading<'a> {
+    sae: &'a JumpReluSae,
+    plan: &'a SaePlan,
+    labels: Option<&'a Labels>,
+    top_k: usize,
+}
+
+/// One prompt's report from its activation `x` at the SAE's hook point: the SAE's features and
+/// statistics, each listed feature's Neuronpedia page and label.
+fn prompt_report(
+    ui: &Ui,
+    reading: &Reading,
+    tokenizer: &PromptTokenizer,
+    index: usize,
+    text: &str,
+    ids: &[u32],
+    x: &Tensor,
+) -> Result<PromptReport> {
+    let input = PromptInput {
+        index,
+        text,
+        ids,
+        pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect(),
+    };
+    let sae = reading.sae;
+    let encoded = ui.phase("encode", || pipeline::encode(x, sae))?;
+    let mut report = ui.phase("metrics", || {
+        pipeline::analyze(
+            input,
+            x,
+            &encoded,
+            sae.d_sae(),
+            reading.plan.point,
+            reading.top_k,
+        )
+    })?;
+    if let Some(neuronpedia) = reading.plan.neuronpedia() {
+        report.link_neuronpedia(neuronpedia);
+    }
+    if let Some(labels) = reading.labels {
+        report.attach_labels(|f| labels.label(f).map(str::to_string));
+    }
+    Ok(report)
 }
 
 fn write_report(
@@ -313,25 +353,15 @@ fn run_layers(
         let sae = plan.load(ui, sae_parts, &job.device)?;
         let labels = job.finish_labels(pending);
         let mut reports = Vec::with_capacity(prompts.len());
+        let reading = Reading {
+            sae: &sae,
+            plan,
+            labels: labels.as_ref(),
+            top_k: args.top_k,
+        };
         for (index, (ids, x)) in encoded.iter().zip(&acts).enumerate() {
-            let input = PromptInput {
-                index,
-                text: &prompts[index],
-                ids,
-                pieces: ids.iter().map(|&id| tokenizer.piece(id)).collect(),
-            };
-            let encoded = ui.phase("encode", || pipeline::encode(x, &sae))?;
-            let mut report = ui
-                .phase("metrics", || {
-                    pipeline::analyze(input, x, &encoded, sae.d_sae(), plan.point, args.top_k)
-                })
+            let report = prompt_report(ui, &reading, &tokenizer, index, &prompts[index], ids, x)
                 .with_context(|| format!("layer {} prompt {}", plan.point.layer, index + 1))?;
-            if let Some(neuronpedia) = plan.neuronpedia() {
-                report.link_neuronpedia(neuronpedia);
-            }
-            if let Some(labels) = &labels {
-                report.attach_labels(|f| labels.label(f).map(str::to_string));
-            }
             reports.push(report);
         }
         layer_reports.push(LayerReport {
