@@ -71,7 +71,7 @@ pub fn run(args: DashboardArgs, ui: Ui) -> Result<ExitCode> {
         page_data: false,
     };
     let ids: Vec<usize> = features.iter().map(|&f| f as usize).collect();
-    let (cards, _) = feature_cards(&job, &sae_plan, &ids, &options)?;
+    let (cards, _) = feature_cards(&job, &sae_plan, &tokenizer, &ids, &options)?;
     let cards = cards
         .iter()
         .map(serde_json::to_value)

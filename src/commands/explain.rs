@@ -14,6 +14,7 @@ use crate::output;
 use crate::report::card::{ExplainReport, FeatureCard, LogitEffects, Neighbour, TokenEffect};
 use crate::report::SCHEMA_VERSION;
 use crate::sae::SaeParts;
+use crate::tokenizer::PromptTokenizer;
 use crate::ui::Ui;
 use anyhow::{ensure, Context, Result};
 use candle_core::Device;
@@ -40,11 +41,11 @@ pub(crate) struct CardOptions {
 pub(crate) fn feature_cards(
     job: &Job,
     sae_plan: &SaePlan,
+    tokenizer: &PromptTokenizer,
     features: &[usize],
     options: &CardOptions,
 ) -> Result<(Vec<FeatureCard>, Option<String>)> {
     let (d_in, d_sae, point) = (sae_plan.d_in, sae_plan.d_sae, sae_plan.point);
-    let tokenizer = job.tokenizer()?;
 
     // Only the embedding matrix and the final norm: no block.
     let parts = Parts {
@@ -220,9 +221,10 @@ pub fn run(args: ExplainArgs, ui: Ui) -> Result<ExitCode> {
         .as_deref()
         .map(|path| check_store(path, &sae_plan))
         .transpose()?;
-    let (mut cards, labels_source) = feature_cards(&job, &sae_plan, &args.features, &options)?;
+    let tokenizer = job.tokenizer()?;
+    let (mut cards, labels_source) =
+        feature_cards(&job, &sae_plan, &tokenizer, &args.features, &options)?;
     if let (Some(path), Some(_)) = (&args.examples, &store_header) {
-        let tokenizer = job.tokenizer()?;
         for card in &mut cards {
             let Some(mut found) = corpus::store::read_feature(path, card.feature)? else {
                 job.ui.note(format!(
