@@ -9,13 +9,12 @@
 //!
 //! Every request is recorded, so tests can count what was downloaded.
 
+use crate::local_server::LocalServer;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -156,51 +155,28 @@ struct State {
 
 /// The running server; dropping it stops it (the port then refuses connections).
 pub struct FakeHub {
-    addr: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: LocalServer,
     state: Arc<Mutex<State>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl FakeHub {
     pub fn start(repos: Vec<FakeRepo>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(Mutex::new(State {
             repos: repos.into_iter().map(|r| (r.id.clone(), r)).collect(),
             seen: Vec::new(),
             truncate: Vec::new(),
             ignore_ranges: false,
         }));
-        let (stop2, state2) = (stop.clone(), state.clone());
-        let thread = std::thread::spawn(move || {
-            let mut workers = Vec::new();
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let state = state2.clone();
-                workers.push(std::thread::spawn(move || {
-                    let _ = serve(stream, &state);
-                }));
-            }
-            for w in workers {
-                let _ = w.join();
-            }
+        let served = state.clone();
+        let server = LocalServer::start(move |stream, _| {
+            let _ = serve(stream, &served);
         });
-        Self {
-            addr,
-            stop,
-            state,
-            thread: Some(thread),
-        }
+        Self { server, state }
     }
 
     /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -224,16 +200,6 @@ impl FakeHub {
     /// The next full download of `path` sends half the bytes and closes the connection.
     pub fn truncate_next(&self, path: &str) {
         self.state.lock().unwrap().truncate.push(path.to_string());
-    }
-}
-
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

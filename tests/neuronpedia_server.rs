@@ -3,12 +3,12 @@
 //! `POST /api/explanation/search`), with faults to order: a listed object that answers 404,
 //! 429 with `Retry-After`, a connection cut halfway through a body, a server that never answers.
 
+use crate::local_server::LocalServer;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// One request the server saw.
@@ -42,10 +42,8 @@ struct State {
 
 /// The running server; dropping it stops it.
 pub struct FakeNeuronpedia {
-    addr: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: LocalServer,
     state: Arc<Mutex<State>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Gzips `text`.
@@ -76,37 +74,16 @@ pub fn batch_key(model: &str, sae: &str, n: u32) -> String {
 
 impl FakeNeuronpedia {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(Mutex::new(State::default()));
-        let (stop2, state2) = (stop.clone(), state.clone());
-        let thread = std::thread::spawn(move || {
-            let mut workers = Vec::new();
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (state, stop) = (state2.clone(), stop2.clone());
-                workers.push(std::thread::spawn(move || {
-                    let _ = serve(stream, &state, &stop);
-                }));
-            }
-            for w in workers {
-                let _ = w.join();
-            }
+        let served = state.clone();
+        let server = LocalServer::start(move |stream, stop| {
+            let _ = serve(stream, &served, stop);
         });
-        Self {
-            addr,
-            stop,
-            state,
-            thread: Some(thread),
-        }
+        Self { server, state }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Serves `bytes` as `key` (no longer a listed-but-missing key).
@@ -163,16 +140,6 @@ impl FakeNeuronpedia {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
-    }
-}
-
-impl Drop for FakeNeuronpedia {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

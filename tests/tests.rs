@@ -1,5 +1,6 @@
 //! gemscope's integration tests: one binary, one module per topic (as ripgrep does).
 
+mod local_server;
 mod util;
 
 mod attribution;
