@@ -178,10 +178,15 @@ pub fn decode_f32(bytes: &[u8]) -> Result<Array<f32>> {
     let data = &bytes[header.data_offset..];
     let size = header.dtype.size();
     let values: Vec<f32> = match header.dtype {
-        NpyDtype::F32 => data[..count * size]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
+        NpyDtype::F32 => {
+            // Untouched zeroed pages, advised huge, then one pass that writes each value once.
+            let mut values = vec![0f32; count];
+            crate::system::advise_huge_pages(values.as_mut_ptr() as *mut u8, count * 4);
+            for (v, c) in values.iter_mut().zip(data[..count * size].chunks_exact(4)) {
+                *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            values
+        }
         NpyDtype::F64 => data[..count * size]
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
@@ -302,8 +307,10 @@ pub fn decode_f32_transposed(
         });
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Zeroed pages come from the kernel untouched until written, so this costs no extra pass.
+    // Zeroed pages come from the kernel untouched until written, so this costs no extra pass; as
+    // huge pages where the kernel allows, so that the first writes take few page faults.
     let mut out = vec![0f32; count];
+    crate::system::advise_huge_pages(out.as_mut_ptr() as *mut u8, count * 4);
     // Row blocks of 256: the mapped pages of each are released as soon as it is copied.
     const BLOCK: usize = 256;
     let row_bytes = cols * header.dtype.size();

@@ -511,3 +511,70 @@ fn a_bf16_checkpoint_stays_bf16_on_disk_and_computes_in_f32() {
     let err = crate::util::relative_error(&x, &expected);
     assert!(err < 5e-2 && err > 1e-6, "relative error {err}");
 }
+
+/// Drops `path`'s pages from the page cache (written back first), as after a reboot.
+#[cfg(target_os = "linux")]
+fn evict_from_page_cache(path: &std::path::Path) {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // Safety: advice on an open file descriptor; it changes no contents.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise failed");
+}
+
+/// Streamed blocks that are not in the page cache are pulled from disk by a reader thread while
+/// the block before them computes: the results are the reference's all the same.
+#[cfg(target_os = "linux")]
+#[test]
+fn blocks_read_ahead_from_disk_match_the_reference() {
+    let reference = Reference::load("tiny-sharded");
+    // Under the target directory, which is on disk (a tmpfs /tmp could not drop its pages).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for entry in std::fs::read_dir(&reference.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
+    let last = files.config.num_hidden_layers - 1;
+    let shards = files.weight_files(Parts::through_layer(last)).unwrap();
+    let block_names = |layer: usize| -> Vec<String> {
+        ["self_attn.q_proj.weight", "mlp.down_proj.weight"]
+            .iter()
+            .map(|t| format!("model.layers.{layer}.{t}"))
+            .collect()
+    };
+    // Opening reads each shard's header (and the kernel reads ahead past it), so the pages are
+    // dropped after the model and a second view for the check are open.
+    let model =
+        crate::util::load_model(&files, Parts::through_layer(last), DType::F32, &Device::Cpu)
+            .unwrap();
+    let weights = gemscope::model::weights::MappedWeights::open(&shards).unwrap();
+    let names = block_names(last);
+    for (i, (_, ids)) in reference.prompts().iter().enumerate() {
+        shards.iter().for_each(|s| evict_from_page_cache(s));
+        assert!(
+            !weights.cached(names.iter().map(String::as_str)),
+            "the test needs block {last} out of the page cache"
+        );
+        let point = HookPoint {
+            layer: last,
+            site: Site::Res,
+        };
+        let x = pipeline::capture(&model, ids, point).unwrap();
+        let (_, expected) = reference.array(&format!("p{i}_res_L{last}"));
+        assert_close(
+            &format!("p{i} res L{last} (read ahead from disk)"),
+            &flat(&x),
+            &expected,
+            F32_TOLERANCE,
+        );
+        assert!(weights.cached(names.iter().map(String::as_str)));
+        assert!(
+            model.blocks_read_ahead() > 0,
+            "no block was read ahead: the reader thread was not exercised"
+        );
+    }
+}

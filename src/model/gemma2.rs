@@ -652,6 +652,8 @@ pub struct Gemma2 {
     cfg: Config,
     dtype: DType,
     device: Device,
+    /// How many streamed blocks a reader thread pulled from disk ahead of compute so far.
+    blocks_read_ahead: std::sync::atomic::AtomicUsize,
 }
 
 const EMBED: &str = "model.embed_tokens.weight";
@@ -701,6 +703,7 @@ impl Gemma2 {
             cfg: cfg.clone(),
             dtype,
             device: device.clone(),
+            blocks_read_ahead: Default::default(),
         };
         if parts.resident {
             model.blocks = (0..parts.blocks)
@@ -790,6 +793,13 @@ impl Gemma2 {
         &self.device
     }
 
+    /// How many streamed blocks were not in the page cache when their turn neared, and were read
+    /// from disk by a reader thread while the block before them computed.
+    pub fn blocks_read_ahead(&self) -> usize {
+        self.blocks_read_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Number of available blocks: layers `0..loaded_blocks()` can be run.
     pub fn loaded_blocks(&self) -> usize {
         self.n_blocks
@@ -827,24 +837,54 @@ impl Gemma2 {
         Ok(())
     }
 
-    /// Runs `f` with block `layer`: the resident one, or one built for the occasion and dropped
-    /// after. A streamed block first asks for the next block's bytes, so that on a cold page
-    /// cache the disk reads block `layer + 1` while block `layer` computes.
-    fn with_block<R>(&self, layer: usize, f: impl FnOnce(&DecoderBlock) -> Result<R>) -> Result<R> {
-        match self.blocks.get(layer) {
-            Some(block) => f(block),
-            None => {
-                let block = self.build_block(layer)?;
-                if layer + 1 < self.n_blocks {
-                    let names: Vec<String> = block_tensor_shapes(&self.cfg)
-                        .iter()
-                        .map(|(suffix, _)| format!("model.layers.{}.{suffix}", layer + 1))
-                        .collect();
-                    self.weights.prefetch(names.iter().map(String::as_str));
-                }
-                f(&block)
-            }
+    fn block_tensor_names(&self, layer: usize) -> Vec<String> {
+        block_tensor_shapes(&self.cfg)
+            .iter()
+            .map(|(suffix, _)| format!("model.layers.{layer}.{suffix}"))
+            .collect()
+    }
+
+    /// Calls `f` with each block of `layers` in order: the resident ones, or, when streamed, each
+    /// built from the file and dropped after `f`, so that one block is alive at a time.
+    ///
+    /// A streamed block whose bytes are not all in the page cache (`mincore`) is pulled from disk
+    /// into the cache by a reader thread while the block before it computes, so that disk reads
+    /// overlap compute; the block is then copied in from the cache when its turn comes. A block
+    /// already cached gets no thread: on two cores a reader beside gemm's threads measured slower
+    /// warm (4.8-5.6 s against 4.1-5.0 s for `features --layer 20` on the 2B shape).
+    fn for_each_block(
+        &self,
+        layers: Range<usize>,
+        mut f: impl FnMut(&DecoderBlock) -> Result<()>,
+    ) -> Result<()> {
+        self.check_range(&layers)?;
+        if !self.blocks.is_empty() {
+            return layers.into_iter().try_for_each(|l| f(&self.blocks[l]));
         }
+        let Range { start, end } = layers;
+        std::thread::scope(|scope| {
+            let mut reader: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
+            for layer in start..end {
+                if let Some(reader) = reader.take() {
+                    // A failed read surfaces below, when the block itself is read.
+                    let _ = reader.join();
+                }
+                let block = self.build_block(layer)?;
+                if layer + 1 < end {
+                    let names = self.block_tensor_names(layer + 1);
+                    if !self.weights.cached(names.iter().map(String::as_str)) {
+                        self.blocks_read_ahead
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let weights = &self.weights;
+                        reader = Some(scope.spawn(move || {
+                            weights.read_into_cache(names.iter().map(String::as_str))
+                        }));
+                    }
+                }
+                f(&block)?;
+            }
+            Ok(())
+        })
     }
 
     /// Runs blocks `layers` over the residual stream `xs`, letting `hook` see every site.
@@ -855,11 +895,11 @@ impl Gemma2 {
         ctx: &SequenceContext,
         hook: &mut dyn Hook,
     ) -> Result<Tensor> {
-        self.check_range(&layers)?;
         let mut xs = xs;
-        for layer in layers {
-            xs = self.with_block(layer, |block| block.forward(&xs, ctx, hook, None))?;
-        }
+        self.for_each_block(layers, |block| {
+            xs = block.forward(&xs, ctx, hook, None)?;
+            Ok(())
+        })?;
         Ok(xs)
     }
 
@@ -874,20 +914,19 @@ impl Gemma2 {
         layers: Range<usize>,
         hooks: &mut [H],
     ) -> Result<Vec<Tensor>> {
-        self.check_range(&layers)?;
         if ctxs.len() != batches.len() || hooks.len() != batches.len() {
             candle_core::bail!("one context and one hook per batch");
         }
         let mut xs = batches;
-        for layer in layers {
-            xs = self.with_block(layer, |block| {
-                xs.iter()
-                    .zip(ctxs)
-                    .zip(hooks.iter_mut())
-                    .map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))
-                    .collect()
-            })?;
-        }
+        self.for_each_block(layers, |block| {
+            xs = xs
+                .iter()
+                .zip(ctxs)
+                .zip(hooks.iter_mut())
+                .map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))
+                .collect::<Result<_>>()?;
+            Ok(())
+        })?;
         Ok(xs)
     }
 

@@ -2,11 +2,12 @@
 //! tensor by tensor.
 //!
 //! A tensor is read (and converted to the compute dtype) when a block is built: with `pread`
-//! straight into the tensor's own buffer on Unix, which copies from the page cache at memcpy speed,
-//! where faulting in mapped pages ran at a third of it; elsewhere by copying out of the map and
-//! handing its pages back (`MADV_DONTNEED`). Either way resident memory holds only the tensors
-//! alive now. [`MappedWeights::prefetch`] asks the kernel to start reading the next block's bytes
-//! while the current one computes. Embedding rows are gathered without reading the whole matrix.
+//! straight into the tensor's own buffer on Unix (`system::read_values_at`), which copies from the
+//! page cache at memcpy speed, where faulting in mapped pages ran at a third of it; elsewhere by
+//! copying out of the map and handing its pages back (`MADV_DONTNEED`). Either way resident memory
+//! holds only the tensors alive now. [`MappedWeights::cached`] tells whether a block's bytes are in
+//! the page cache, and [`MappedWeights::read_into_cache`] pulls them in from disk (for a reader
+//! thread that runs ahead of compute). Embedding rows are gathered without reading the whole matrix.
 
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -130,25 +131,15 @@ impl MappedWeights {
     /// The tensor's bytes, read with `pread` into a buffer of its own dtype (no second copy).
     #[cfg(unix)]
     fn read_entry(&self, entry: &Entry) -> Result<Tensor> {
-        use std::os::unix::fs::FileExt;
-        fn read<T: candle_core::WithDType + Default + Clone>(
+        fn read<T: candle_core::WithDType + crate::system::PlainValue>(
             file: &std::fs::File,
             entry: &Entry,
         ) -> Result<Tensor> {
             let count = entry.shape.iter().product::<usize>();
-            let mut values = vec![T::default(); count];
-            // Safety: T is a plain float type (f32, bf16, f16) with no invalid bit patterns; the
-            // byte view covers exactly the vector's initialised elements.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(
-                    values.as_mut_ptr() as *mut u8,
-                    count * std::mem::size_of::<T>(),
-                )
-            };
-            if bytes.len() != entry.end - entry.start {
+            if count * std::mem::size_of::<T>() != entry.end - entry.start {
                 candle_core::bail!("tensor byte length does not match its shape");
             }
-            file.read_exact_at(bytes, entry.start as u64)
+            let values = crate::system::read_values_at::<T>(file, entry.start as u64, count)
                 .map_err(candle_core::Error::wrap)?;
             Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu)
         }
@@ -183,6 +174,44 @@ impl MappedWeights {
                 );
             }
         }
+    }
+
+    /// Reads the tensors `names` from disk into the page cache and waits for it (`pread` through a
+    /// small scratch buffer), so that building them afterwards copies from memory. For a thread
+    /// that reads ahead while another computes; errors are left for the real read to report.
+    #[cfg(unix)]
+    pub fn read_into_cache<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        use std::os::unix::fs::FileExt;
+        let mut scratch = vec![0u8; 8 << 20];
+        for name in names {
+            let Some(e) = self.entries.get(name) else {
+                continue;
+            };
+            let file = &self.shards[e.shard].file;
+            let mut at = e.start;
+            while at < e.end {
+                let n = scratch.len().min(e.end - at);
+                match file.read_at(&mut scratch[..n], at as u64) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => at += read,
+                }
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub fn read_into_cache<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        self.prefetch(names);
+    }
+
+    /// Whether every page of the tensors `names` is in the page cache (`mincore` on the map).
+    /// Where that cannot be told, `true`: the caller then reads as if cached.
+    pub fn cached<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> bool {
+        names.into_iter().all(|name| {
+            self.entries
+                .get(name)
+                .is_none_or(|e| range_cached(&self.shards[e.shard].mmap, e.start, e.end - e.start))
+        })
     }
 
     /// Rows `start..start + len` of the 2-D tensor `name`, copied out and their mapped pages
@@ -278,4 +307,32 @@ impl candle_nn::var_builder::SimpleBackend for SharedWeights {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.contains(name)
     }
+}
+
+/// Whether the pages of `map[offset..offset + len]` are all resident.
+#[cfg(unix)]
+fn range_cached(map: &Mmap, offset: usize, len: usize) -> bool {
+    // Safety: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return true,
+    };
+    let first = offset / page * page;
+    let span = offset + len - first;
+    let mut resident = vec![0u8; span.div_ceil(page)];
+    // Safety: `first..first + span` lies within the map (page-aligned start, the map's own pages);
+    // mincore writes one byte per page into `resident`, which has room for all of them.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr().add(first) as *mut libc::c_void,
+            span,
+            resident.as_mut_ptr() as *mut _,
+        )
+    };
+    rc != 0 || resident.iter().all(|b| b & 1 == 1)
+}
+
+#[cfg(not(unix))]
+fn range_cached(_map: &Mmap, _offset: usize, _len: usize) -> bool {
+    true
 }
