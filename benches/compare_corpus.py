@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_python import REPO, make_checkpoint, make_sae  # noqa: E402
+from compare_python import REPO, agreement, make_checkpoint, make_sae  # noqa: E402
 
 
 def log(message):
@@ -64,17 +64,6 @@ def timed(cmd, stdout_path):
     lines = proc.stderr.strip().splitlines()
     wall, rss = lines[-1].split()
     return float(wall), int(rss) / (1 << 20), "\n".join(lines[:-1])
-
-
-def agreement(peer_json, gemscope_json):
-    peer = json.load(open(peer_json))
-    prompts = json.load(open(gemscope_json))["prompts"]
-    same = total = 0
-    for p_tokens, g_prompt in zip(peer, prompts):
-        for p_top, g_tok in zip(p_tokens, g_prompt["tokens"][1:]):
-            total += 1
-            same += p_top == [f["feature"] for f in g_tok["top_features"]]
-    return same / max(total, 1)
 
 
 def main():
