@@ -113,9 +113,29 @@ pub struct ModelArgs {
     /// Where to run the forward pass.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Model weights and activations dtype (the SAE always runs in f32). On the CPU, f32 is fastest.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Model weights and activations dtype (the SAE always runs in f32). Default: f32 on the CPU,
+    /// where it is fastest; bf16 on a GPU, as Gemma 2 was trained and published.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+}
+
+impl ModelArgs {
+    /// The dtype `--dtype` names, else the default for where the job runs.
+    pub fn dtype_on(&self, device: &Device) -> DType {
+        match self.dtype {
+            Some(dtype) => dtype.dtype(),
+            None => default_dtype(device.is_cuda()),
+        }
+    }
+}
+
+/// f32 on the CPU (bf16 has no fast kernels there and only converts), bf16 on a GPU.
+pub fn default_dtype(on_gpu: bool) -> DType {
+    if on_gpu {
+        DType::BF16
+    } else {
+        DType::F32
+    }
 }
 
 /// Which SAE to read the activations with.
@@ -359,6 +379,25 @@ pub fn dtype_name(dtype: DType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtype_defaults_to_f32_on_the_cpu_and_bf16_on_a_gpu_unless_named() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gemscope", "generate", "--device", "cpu", "hi"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Generate(args) => args.model,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&[]).dtype_on(&Device::Cpu), DType::F32);
+        assert_eq!(
+            parse(&["--dtype", "bf16"]).dtype_on(&Device::Cpu),
+            DType::BF16
+        );
+        assert_eq!(default_dtype(true), DType::BF16);
+        assert_eq!(default_dtype(false), DType::F32);
+    }
 
     #[test]
     fn prompt_lines_skip_blanks_and_strip_crlf() {

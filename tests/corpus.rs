@@ -192,7 +192,7 @@ impl Tiny {
             revision: "main".into(),
             offline: true,
             device: gemscope::cli::DeviceArg::Cpu,
-            dtype: gemscope::cli::DtypeArg::F32,
+            dtype: None,
         };
         let ui = gemscope::ui::Ui::new(gemscope::cli::GlobalArgs {
             quiet: true,

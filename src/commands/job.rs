@@ -29,7 +29,7 @@ impl Job {
     /// and the model's config and tokenizer, local or downloaded. No weights yet.
     pub fn open(args: &ModelArgs, ui: Ui) -> Result<Self> {
         let device = select_device(args.device)?;
-        let dtype = args.dtype.dtype();
+        let dtype = args.dtype_on(&device);
         let (client, files) = ui.phase("resolve", || -> Result<_> {
             let mut options = HubOptions::from_env(args.offline)?;
             options.progress &= !ui.quiet();
