@@ -19,7 +19,11 @@ VERSION=${CUDA_TOOLKIT_VERSION:-13.0.2}
 VENV=${CUDA_VENV:-/tmp/cuda-venv-$VERSION}
 ARCH=${CUDA_COMPUTE_CAP:-90}   # no nvidia-smi here: name the GPU arch (90: H100/H200, sm_90a)
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q "cuda-toolkit[nvcc,cudart,nvrtc,cublas,curand,cccl]==$VERSION"
+# The toolkit's nvcc extra leaves nvvm (cicc) and crt unpinned: without these pins pip takes the
+# newest (13.5 by 2026-12), whose PTX (ISA 9.5) the 13.0 ptxas refuses.
+MAJOR_MINOR=${VERSION%.*}
+"$VENV/bin/pip" install -q "cuda-toolkit[nvcc,cudart,nvrtc,cublas,curand,cccl]==$VERSION" \
+  "nvidia-nvvm==$MAJOR_MINOR.*" "nvidia-cuda-crt==$MAJOR_MINOR.*"
 C=$("$VENV/bin/python" -c 'import os,nvidia; print(os.path.join(nvidia.__path__[0],"cu13"))')
 # Unversioned names for the linker (cudarc's dynamic-linking: -lcudart -lcublas -lcublasLt -lcurand -lnvrtc -lcuda).
 (cd "$C/lib" && for l in cudart cublas cublasLt nvrtc; do ln -sf lib$l.so.13 lib$l.so; done && ln -sf libcurand.so.10 libcurand.so)
