@@ -523,6 +523,23 @@ fn evict_from_page_cache(path: &std::path::Path) {
     assert_eq!(rc, 0, "posix_fadvise failed");
 }
 
+/// An f32 model on the CPU reads every linear weight and the tied LM head in place from the
+/// mapped file (no copy); other dtypes read converted copies. Both give the reference's numbers
+/// (the other parity tests); this checks that the fast path is the one taken.
+#[test]
+fn f32_cpu_weights_are_read_in_place() {
+    let reference = Reference::load("tiny");
+    let files = ModelFiles::from_dir(&reference.dir).unwrap();
+    for (dtype, in_place) in [(DType::F32, 7), (DType::BF16, 0)] {
+        let model =
+            crate::util::load_model(&files, Parts::full(&files.config), dtype, &Device::Cpu)
+                .unwrap();
+        let block = model.block(0).unwrap();
+        assert_eq!(block.linear_layers_in_place(), in_place, "{dtype:?}");
+        assert_eq!(model.head_reads_in_place(), in_place > 0, "{dtype:?}");
+    }
+}
+
 /// Streamed blocks that are not in the page cache are pulled from disk by a reader thread while
 /// the block before them computes: the results are the reference's all the same.
 #[cfg(target_os = "linux")]
@@ -556,7 +573,9 @@ fn blocks_read_ahead_from_disk_match_the_reference() {
     for (i, (_, ids)) in reference.prompts().iter().enumerate() {
         shards.iter().for_each(|s| evict_from_page_cache(s));
         assert!(
-            !weights.cached(names.iter().map(String::as_str)),
+            !weights
+                .uncached(names.iter().map(String::as_str))
+                .is_empty(),
             "the test needs block {last} out of the page cache"
         );
         let point = HookPoint {
@@ -571,7 +590,9 @@ fn blocks_read_ahead_from_disk_match_the_reference() {
             &expected,
             F32_TOLERANCE,
         );
-        assert!(weights.cached(names.iter().map(String::as_str)));
+        assert!(weights
+            .uncached(names.iter().map(String::as_str))
+            .is_empty());
         assert!(
             model.blocks_read_ahead() > 0,
             "no block was read ahead: the reader thread was not exercised"

@@ -7,7 +7,8 @@
 use super::config::{Activation, AttentionKind, Config};
 use super::differentiable;
 use super::hook::{Hook, HookPoint, Site};
-use super::weights::{MappedWeights, SharedWeights};
+use super::in_place::MappedProduct;
+use super::weights::{MappedMatrix, MappedWeights, SharedWeights};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::ops::Range;
@@ -310,19 +311,56 @@ impl SequenceContext {
 /// batch of prompts.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// Read into a tensor of the compute dtype on the compute device.
+    Loaded(Tensor),
+    /// An f32 weight of an f32 model on the CPU, read in place from the mapped file.
+    Mapped(Arc<MappedMatrix>),
+}
+
 impl Linear {
-    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+    /// Reads the layer at `vb`'s prefix; with `mapped`, an f32 weight for an f32 CPU model stays in
+    /// the mapped file instead of being copied.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+        mapped: Option<&Arc<MappedWeights>>,
+    ) -> Result<Self> {
+        let in_place = match mapped {
+            Some(weights) if vb.dtype() == DType::F32 && vb.device().is_cpu() => {
+                weights.matrix(&format!("{}.weight", vb.prefix()), out_dim, in_dim)?
+            }
+            _ => None,
+        };
+        let weight = match in_place {
+            Some(matrix) => LinearWeight::Mapped(Arc::new(matrix)),
+            None => LinearWeight::Loaded(vb.get((out_dim, in_dim), "weight")?),
+        };
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
         Ok(Self { weight, bias })
+    }
+
+    /// Whether the weight is read in place from the mapped file (see [`MappedProduct`]).
+    pub fn reads_in_place(&self) -> bool {
+        matches!(self.weight, LinearWeight::Mapped(_))
+    }
+
+    fn out_dim(&self) -> Result<usize> {
+        match &self.weight {
+            LinearWeight::Loaded(weight) => weight.dim(0),
+            LinearWeight::Mapped(matrix) => Ok(matrix.rows()),
+        }
     }
 }
 
@@ -333,13 +371,17 @@ impl Module for Linear {
             .last()
             .expect("a linear layer needs at least one dimension");
         let rows = xs.elem_count() / in_dim;
-        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let xs = xs.reshape((rows, in_dim))?;
+        let ys = match &self.weight {
+            LinearWeight::Loaded(weight) => xs.matmul(&weight.t()?)?,
+            LinearWeight::Mapped(matrix) => MappedProduct::linear(&xs, matrix)?,
+        };
         let ys = match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
             None => ys,
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("checked above") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("checked above") = self.out_dim()?;
         ys.reshape(out_dims)
     }
 }
@@ -395,15 +437,20 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(cfg: &Config, kind: AttentionKind, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &Config,
+        kind: AttentionKind,
+        vb: VarBuilder,
+        mapped: Option<&Arc<MappedWeights>>,
+    ) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: Linear::new(h, heads * hd, bias, vb.pp("q_proj"))?,
-            k_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
-            v_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
-            o_proj: Linear::new(heads * hd, h, bias, vb.pp("o_proj"))?,
+            q_proj: Linear::new(h, heads * hd, bias, vb.pp("q_proj"), mapped)?,
+            k_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("k_proj"), mapped)?,
+            v_proj: Linear::new(h, kv_heads * hd, bias, vb.pp("v_proj"), mapped)?,
+            o_proj: Linear::new(heads * hd, h, bias, vb.pp("o_proj"), mapped)?,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim: hd,
@@ -525,12 +572,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, mapped: Option<&Arc<MappedWeights>>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"))?,
-            up_proj: Linear::new(h, i, false, vb.pp("up_proj"))?,
-            down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
+            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"), mapped)?,
+            up_proj: Linear::new(h, i, false, vb.pp("up_proj"), mapped)?,
+            down_proj: Linear::new(i, h, false, vb.pp("down_proj"), mapped)?,
             activation: cfg.hidden_activation,
         })
     }
@@ -567,17 +614,40 @@ pub struct DecoderBlock {
 }
 
 impl DecoderBlock {
-    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+    /// Reads block `layer` at `vb`; `mapped` as for [`Linear::new`].
+    pub fn new(
+        cfg: &Config,
+        layer: usize,
+        vb: VarBuilder,
+        mapped: Option<&Arc<MappedWeights>>,
+    ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
-            self_attn: Attention::new(cfg, cfg.layer_types[layer], vb.pp("self_attn"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            self_attn: Attention::new(cfg, cfg.layer_types[layer], vb.pp("self_attn"), mapped)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), mapped)?,
             input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
             post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
             pre_feedforward_layernorm: RmsNorm::new(h, eps, vb.pp("pre_feedforward_layernorm"))?,
             post_feedforward_layernorm: RmsNorm::new(h, eps, vb.pp("post_feedforward_layernorm"))?,
             layer,
         })
+    }
+
+    /// How many of the block's seven linear layers read their weight in place from the file.
+    pub fn linear_layers_in_place(&self) -> usize {
+        let a = &self.self_attn;
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ]
+        .iter()
+        .filter(|l| l.reads_in_place())
+        .count()
     }
 
     /// `h = x + post_attn_norm(attn(input_norm(x)))`; `out = h + post_ff_norm(mlp(pre_ff_norm(h)))`.
@@ -644,6 +714,8 @@ pub struct Gemma2 {
     /// The embedding matrix, kept only when the tied LM head needs all of it; otherwise the rows
     /// a prompt uses are read from the file.
     embed_tokens: Option<Tensor>,
+    /// The tied LM head read in place from the file (f32 on the CPU), instead of `embed_tokens`.
+    lm_head: Option<Arc<MappedMatrix>>,
     /// Resident blocks (all of them), or none when blocks are streamed.
     blocks: Vec<DecoderBlock>,
     n_blocks: usize,
@@ -679,8 +751,17 @@ impl Gemma2 {
         let vb = VarBuilder::from_backend(backend, dtype, device.clone()).pp("model");
         // The embedding is loaded whole only for the tied LM head; otherwise only its shape is
         // checked here, from the header, and the rows a prompt needs are read when it runs.
+        // On an f32 CPU model the tied LM head reads the f32 matrix in place (2.4 GB for the 2B
+        // model, not copied); the embedding's rows are then gathered from the file like a
+        // streamed model's.
         let embed_shape = (cfg.vocab_size, cfg.hidden_size);
-        let embed_tokens = if parts.head {
+        let lm_head = match parts.head && dtype == DType::F32 && device.is_cpu() {
+            true => weights
+                .matrix(EMBED, cfg.vocab_size, cfg.hidden_size)?
+                .map(Arc::new),
+            false => None,
+        };
+        let embed_tokens = if parts.head && lm_head.is_none() {
             Some(vb.pp("embed_tokens").get(embed_shape, "weight")?)
         } else {
             match weights.shape(EMBED) {
@@ -697,6 +778,7 @@ impl Gemma2 {
             weights,
             vb,
             embed_tokens,
+            lm_head,
             blocks: Vec::new(),
             n_blocks: parts.blocks,
             norm: None,
@@ -764,7 +846,12 @@ impl Gemma2 {
     }
 
     fn build_block(&self, layer: usize) -> Result<DecoderBlock> {
-        DecoderBlock::new(&self.cfg, layer, self.vb.pp("layers").pp(layer))
+        DecoderBlock::new(
+            &self.cfg,
+            layer,
+            self.vb.pp("layers").pp(layer),
+            Some(&self.weights),
+        )
     }
 
     fn check_block_tensors(&self, layer: usize) -> Result<()> {
@@ -798,6 +885,11 @@ impl Gemma2 {
     pub fn blocks_read_ahead(&self) -> usize {
         self.blocks_read_ahead
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the tied LM head reads the embedding matrix in place from the file.
+    pub fn head_reads_in_place(&self) -> bool {
+        self.lm_head.is_some()
     }
 
     /// Number of available blocks: layers `0..loaded_blocks()` can be run.
@@ -844,14 +936,22 @@ impl Gemma2 {
             .collect()
     }
 
+    /// Whether linear weights stored as f32 are read in place from the map (an f32 model on the
+    /// CPU) rather than copied into tensors.
+    fn reads_in_place(&self) -> bool {
+        self.dtype == DType::F32 && self.device.is_cpu()
+    }
+
     /// Calls `f` with each block of `layers` in order: the resident ones, or, when streamed, each
     /// built from the file and dropped after `f`, so that one block is alive at a time.
     ///
-    /// A streamed block whose bytes are not all in the page cache (`mincore`) is pulled from disk
-    /// into the cache by a reader thread while the block before it computes, so that disk reads
-    /// overlap compute; the block is then copied in from the cache when its turn comes. A block
-    /// already cached gets no thread: on two cores a reader beside gemm's threads measured slower
-    /// warm (4.8-5.6 s against 4.1-5.0 s for `features --layer 20` on the 2B shape).
+    /// The pages of a streamed block that are not in the page cache (`mincore`) are read from
+    /// disk by a reader thread while the block before it computes, so that disk reads overlap
+    /// compute; only the missing pages, so a warm block (all cached, or a few pages trimmed since)
+    /// costs the reader next to nothing. On two cores a reader that copied whole cached blocks
+    /// beside gemm's threads measured slower (4.8-5.6 s against 4.1-5.0 s for `features --layer
+    /// 20` on the 2B shape). Weights read in place would otherwise fault in from disk a page at a
+    /// time, so the first block's missing pages are read before it runs.
     fn for_each_block(
         &self,
         layers: Range<usize>,
@@ -862,6 +962,10 @@ impl Gemma2 {
             return layers.into_iter().try_for_each(|l| f(&self.blocks[l]));
         }
         let Range { start, end } = layers;
+        let missing_pages = |layer: usize| {
+            let names = self.block_tensor_names(layer);
+            self.weights.uncached(names.iter().map(String::as_str))
+        };
         std::thread::scope(|scope| {
             let mut reader: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
             for layer in start..end {
@@ -869,16 +973,20 @@ impl Gemma2 {
                     // A failed read surfaces below, when the block itself is read.
                     let _ = reader.join();
                 }
+                if self.reads_in_place() {
+                    let missing = missing_pages(layer);
+                    if !missing.is_empty() {
+                        self.weights.read_into_cache(&missing);
+                    }
+                }
                 let block = self.build_block(layer)?;
                 if layer + 1 < end {
-                    let names = self.block_tensor_names(layer + 1);
-                    if !self.weights.cached(names.iter().map(String::as_str)) {
+                    let next_missing = missing_pages(layer + 1);
+                    if !next_missing.is_empty() {
                         self.blocks_read_ahead
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let weights = &self.weights;
-                        reader = Some(scope.spawn(move || {
-                            weights.read_into_cache(names.iter().map(String::as_str))
-                        }));
+                        reader = Some(scope.spawn(move || weights.read_into_cache(&next_missing)));
                     }
                 }
                 f(&block)?;
@@ -932,11 +1040,24 @@ impl Gemma2 {
 
     /// Final norm, tied LM head and the `30 * tanh(z / 30)` soft-cap: `[b, t, vocab]`.
     pub fn logits(&self, xs: &Tensor) -> Result<Tensor> {
-        let (Some(norm), Some(embed)) = (&self.norm, &self.embed_tokens) else {
+        let Some(norm) = &self.norm else {
             candle_core::bail!("the LM head was not loaded (load with Parts::full)");
         };
         let xs = norm.forward(xs)?;
-        let logits = xs.broadcast_matmul(&embed.t()?)?;
+        let logits = match (&self.lm_head, &self.embed_tokens) {
+            (Some(head), _) => {
+                let mut dims = xs.dims().to_vec();
+                let hidden = dims.pop().unwrap_or(0);
+                let rows = xs.elem_count() / hidden.max(1);
+                let logits = MappedProduct::linear(&xs.reshape((rows, hidden))?, head)?;
+                dims.push(head.rows());
+                logits.reshape(dims)?
+            }
+            (None, Some(embed)) => xs.broadcast_matmul(&embed.t()?)?,
+            (None, None) => {
+                candle_core::bail!("the LM head was not loaded (load with Parts::full)")
+            }
+        };
         softcap(&logits, self.cfg.final_logit_softcapping)
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod differentiable;
 pub mod gemma2;
 pub mod hook;
+pub mod in_place;
 pub mod weights;
 
 pub use batch::PaddedBatch;

@@ -1,13 +1,15 @@
-//! Checkpoint weights: safetensors shards, mapped for their headers and embedding rows, read
-//! tensor by tensor.
+//! Checkpoint weights: safetensors shards, mapped for their headers, embedding rows and the
+//! matrices read in place, read tensor by tensor otherwise.
 //!
-//! A tensor is read (and converted to the compute dtype) when a block is built: with `pread`
-//! straight into the tensor's own buffer on Unix (`system::read_values_at`), which copies from the
-//! page cache at memcpy speed, where faulting in mapped pages ran at a third of it; elsewhere by
-//! copying out of the map and handing its pages back (`MADV_DONTNEED`). Either way resident memory
-//! holds only the tensors alive now. [`MappedWeights::cached`] tells whether a block's bytes are in
-//! the page cache, and [`MappedWeights::read_into_cache`] pulls them in from disk (for a reader
-//! thread that runs ahead of compute). Embedding rows are gathered without reading the whole matrix.
+//! An f32 matrix of an f32 CPU model is not copied at all: [`MappedWeights::matrix`] hands out a
+//! [`MappedMatrix`] that the matrix kernels read straight from the page cache. Any other tensor
+//! is read (and converted to the compute dtype) when a block is built: with `pread` straight into
+//! the tensor's own buffer on Unix (`system::read_values_at`), which copies from the page cache at
+//! memcpy speed, where faulting in mapped pages ran at a third of it; elsewhere by copying out of
+//! the map and handing its pages back (`MADV_DONTNEED`). Either way resident memory holds only the
+//! tensors alive now. [`MappedWeights::uncached`] tells which pages of a block are not in the page
+//! cache, and [`MappedWeights::read_into_cache`] pulls them in from disk (for a reader thread that
+//! runs ahead of compute). Embedding rows are gathered without reading the whole matrix.
 
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -161,36 +163,42 @@ impl MappedWeights {
         Ok(tensor)
     }
 
-    /// Asks the kernel to start reading the tensors `names` into the page cache now, in the
-    /// background (`MADV_WILLNEED`), so that a block's bytes arrive from disk while the block
-    /// before it computes. Names that are absent are skipped; advice that fails changes nothing.
-    pub fn prefetch<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    /// The parts of tensors `names` whose pages are not in the page cache (`mincore` on the map),
+    /// as maximal runs of missing pages. Names that are absent are skipped; where residency
+    /// cannot be told, nothing is reported missing.
+    ///
+    /// Why runs, not a yes/no per block: on the VMs this is measured on, the host trims a few
+    /// pages of a warm page cache every second, so most blocks of a "warm" checkpoint miss a few
+    /// pages; reading only those keeps a warm run warm.
+    pub fn uncached<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<MissingRange> {
+        let mut missing = Vec::new();
         for name in names {
             if let Some(e) = self.entries.get(name) {
-                let _ = self.shards[e.shard].mmap.advise_range(
-                    memmap2::Advice::WillNeed,
-                    e.start,
-                    e.end - e.start,
-                );
+                let map = &self.shards[e.shard].mmap;
+                for (start, end) in uncached_runs(map, e.start, e.end - e.start) {
+                    missing.push(MissingRange {
+                        shard: e.shard,
+                        start,
+                        end,
+                    });
+                }
             }
         }
+        missing
     }
 
-    /// Reads the tensors `names` from disk into the page cache and waits for it (`pread` through a
-    /// small scratch buffer), so that building them afterwards copies from memory. For a thread
-    /// that reads ahead while another computes; errors are left for the real read to report.
+    /// Reads `ranges` from disk into the page cache and waits for it (`pread` through a small
+    /// scratch buffer), so that using them afterwards costs no disk wait. For a thread that reads
+    /// ahead while another computes; errors are left for the real read to report.
     #[cfg(unix)]
-    pub fn read_into_cache<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    pub fn read_into_cache(&self, ranges: &[MissingRange]) {
         use std::os::unix::fs::FileExt;
         let mut scratch = vec![0u8; 8 << 20];
-        for name in names {
-            let Some(e) = self.entries.get(name) else {
-                continue;
-            };
-            let file = &self.shards[e.shard].file;
-            let mut at = e.start;
-            while at < e.end {
-                let n = scratch.len().min(e.end - at);
+        for range in ranges {
+            let file = &self.shards[range.shard].file;
+            let mut at = range.start;
+            while at < range.end {
+                let n = scratch.len().min(range.end - at);
                 match file.read_at(&mut scratch[..n], at as u64) {
                     Ok(0) | Err(_) => break,
                     Ok(read) => at += read,
@@ -199,19 +207,16 @@ impl MappedWeights {
         }
     }
 
+    /// Elsewhere, asks the kernel to read `ranges` in the background (`MADV_WILLNEED`).
     #[cfg(not(unix))]
-    pub fn read_into_cache<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        self.prefetch(names);
-    }
-
-    /// Whether every page of the tensors `names` is in the page cache (`mincore` on the map).
-    /// Where that cannot be told, `true`: the caller then reads as if cached.
-    pub fn cached<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> bool {
-        names.into_iter().all(|name| {
-            self.entries
-                .get(name)
-                .is_none_or(|e| range_cached(&self.shards[e.shard].mmap, e.start, e.end - e.start))
-        })
+    pub fn read_into_cache(&self, ranges: &[MissingRange]) {
+        for range in ranges {
+            let _ = self.shards[range.shard].mmap.advise_range(
+                memmap2::Advice::WillNeed,
+                range.start,
+                range.end - range.start,
+            );
+        }
     }
 
     /// Rows `start..start + len` of the 2-D tensor `name`, copied out and their mapped pages
@@ -276,6 +281,86 @@ impl MappedWeights {
     }
 }
 
+/// An f32 matrix `[rows, cols]` that stays in the mapped checkpoint: matrix kernels read it in
+/// place (`model::in_place`), so a block costs no copy out of the page cache. Dropping it hands
+/// its mapped pages back (the page cache keeps them), so that resident memory holds only the
+/// matrices alive now, as with copied tensors.
+pub struct MappedMatrix {
+    weights: Arc<MappedWeights>,
+    shard: usize,
+    start: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl MappedMatrix {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The values, row-major.
+    pub fn values(&self) -> &[f32] {
+        let bytes = &self.weights.shards[self.shard].mmap[self.start..];
+        // Safety: `MappedWeights::matrix` checked that `rows * cols` f32 values lie in the map
+        // from `start`, at an address aligned for f32; the map is read-only and lives as long as
+        // `self.weights`. Any bit pattern is a valid f32.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.rows * self.cols) }
+    }
+}
+
+impl Drop for MappedMatrix {
+    fn drop(&mut self) {
+        self.weights
+            .release(self.shard, self.start, self.rows * self.cols * 4);
+    }
+}
+
+impl std::fmt::Debug for MappedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedMatrix")
+            .field("path", &self.weights.shards[self.shard].path)
+            .field("start", &self.start)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl MappedWeights {
+    /// Tensor `name` as an f32 matrix read in place, when the file stores it as f32 at an
+    /// f32-aligned address; `None` when it must be copied (another dtype, or safetensors put it
+    /// at an odd offset). A missing tensor or a wrong shape is an error.
+    pub fn matrix(
+        self: &Arc<Self>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<MappedMatrix>> {
+        let entry = self.entry(name)?;
+        if entry.shape != [rows, cols] {
+            candle_core::bail!(
+                "tensor {name} has shape {:?}, expected [{rows}, {cols}]",
+                entry.shape
+            );
+        }
+        let address = self.shards[entry.shard].mmap.as_ptr() as usize + entry.start;
+        if entry.dtype != DType::F32 || !address.is_multiple_of(std::mem::align_of::<f32>()) {
+            return Ok(None);
+        }
+        Ok(Some(MappedMatrix {
+            weights: self.clone(),
+            shard: entry.shard,
+            start: entry.start,
+            rows,
+            cols,
+        }))
+    }
+}
+
 /// Shares one [`MappedWeights`] between the model and candle's `VarBuilder`.
 #[derive(Clone)]
 pub struct SharedWeights(pub Arc<MappedWeights>);
@@ -309,14 +394,26 @@ impl candle_nn::var_builder::SimpleBackend for SharedWeights {
     }
 }
 
-/// Whether the pages of `map[offset..offset + len]` are all resident.
+/// Byte ranges of a weight file not in the page cache (see [`MappedWeights::uncached`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingRange {
+    shard: usize,
+    start: usize,
+    end: usize,
+}
+
+/// The runs of pages of `map[offset..offset + len]` that are not resident, as byte ranges clipped
+/// to that span.
 #[cfg(unix)]
-fn range_cached(map: &Mmap, offset: usize, len: usize) -> bool {
+fn uncached_runs(map: &Mmap, offset: usize, len: usize) -> Vec<(usize, usize)> {
     // Safety: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         p if p > 0 => p as usize,
-        _ => return true,
+        _ => return Vec::new(),
     };
+    if len == 0 {
+        return Vec::new();
+    }
     let first = offset / page * page;
     let span = offset + len - first;
     let mut resident = vec![0u8; span.div_ceil(page)];
@@ -329,10 +426,22 @@ fn range_cached(map: &Mmap, offset: usize, len: usize) -> bool {
             resident.as_mut_ptr() as *mut _,
         )
     };
-    rc != 0 || resident.iter().all(|b| b & 1 == 1)
+    if rc != 0 {
+        return Vec::new();
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (index, _) in resident.iter().enumerate().filter(|(_, b)| *b & 1 == 0) {
+        let start = (first + index * page).max(offset);
+        let end = (first + (index + 1) * page).min(offset + len);
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
 }
 
 #[cfg(not(unix))]
-fn range_cached(_map: &Mmap, _offset: usize, _len: usize) -> bool {
-    true
+fn uncached_runs(_map: &Mmap, _offset: usize, _len: usize) -> Vec<(usize, usize)> {
+    Vec::new()
 }
