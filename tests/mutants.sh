@@ -42,6 +42,6 @@ try "a feature is its own neighbour" src/card.rs ".filter(|&(i, _)| i != feature
 try "packing gathers the wrong rows" src/model/gemma2.rs ".flat_map(|(b, &n)| (0..n).map(move |i| (b * t + i) as u32))" ".flat_map(|(b, &n)| (0..n).map(move |i| (b * t + i.saturating_sub(1)) as u32))"
 try "attribution through the kernel softmax (no gradient)" src/model/gemma2.rs "differentiable::softmax_last_dim(&scores.broadcast_add(&mask)?)?" "candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?"
 try "layer-major runs a block once for the first group only" src/model/gemma2.rs ".map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))" ".map(|((x, ctx), hook)| if std::ptr::eq(*ctx, ctxs[0]) { block.forward(x, ctx, hook, None) } else { Ok(x.clone()) })"
-try "streamed blocks never read ahead from disk" src/model/gemma2.rs "if !next_missing.is_empty() {" "if false {"
+try "streamed blocks never read ahead from disk" src/model/gemma2.rs "if !missing.is_empty() {" "if false {"
 try "in-place weights: the backward pass multiplies by W^T again" src/model/in_place.rs "transposed: !self.transposed," "transposed: self.transposed,"
 exit $survived

@@ -251,6 +251,7 @@ pub fn run(args: EvalArgs, ui: Ui) -> Result<ExitCode> {
         out.flush()?;
         Ok(())
     })?;
+    job.note_disk_reads(&model);
     ui.report_phases();
     for g in report.gates.iter().filter(|g| !g.passed) {
         eprintln!(

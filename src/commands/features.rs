@@ -193,6 +193,7 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         })?;
     }
     out.flush()?;
+    job.note_disk_reads(&model);
     ui.report_phases();
     Ok(ExitCode::SUCCESS)
 }
@@ -345,6 +346,7 @@ fn run_layers(
         }
     }
     let forward_seconds = forward_started.elapsed().as_secs_f64();
+    job.note_disk_reads(&model);
     drop(model);
 
     let encode_started = std::time::Instant::now();

@@ -165,6 +165,20 @@ impl Job {
         })
     }
 
+    /// With `--verbose`, what the run read from disk because it was not in the page cache, and
+    /// how long the reader took beside compute: on a cold run, whether the disk was the limit.
+    pub fn note_disk_reads(&self, model: &Gemma2) {
+        let (bytes, took) = model.disk_reads();
+        if bytes > 0 {
+            self.ui.detail(format!(
+                "read {} of weights from disk (not in the page cache) in {:.3} s, {:.2} GB/s, beside compute",
+                crate::system::gib(bytes),
+                took.as_secs_f64(),
+                bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9
+            ));
+        }
+    }
+
     /// The prompt of `generate`/`steer` tokenized (through the chat template with `--chat`), and
     /// the tokens that stop generation: the config's `eos_token_id` (else the vocabulary's
     /// `<eos>`), and `<end_of_turn>` when the vocabulary has it. Without those special tokens in

@@ -229,6 +229,7 @@ pub fn run(args: TopExamplesArgs, ui: Ui) -> Result<ExitCode> {
             String::new()
         }
     ));
+    job.note_disk_reads(&model);
     job.ui.report_phases();
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,11 @@ use super::config::{Activation, AttentionKind, Config};
 use super::differentiable;
 use super::hook::{Hook, HookPoint, Site};
 use super::in_place::MappedProduct;
-use super::weights::{MappedMatrix, MappedWeights, SharedWeights};
+use super::weights::{MappedMatrix, MappedWeights, MissingRange, SharedWeights};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Which parts of the checkpoint a job uses: blocks `0..blocks`, the final norm with the tied LM
@@ -724,8 +725,27 @@ pub struct Gemma2 {
     cfg: Config,
     dtype: DType,
     device: Device,
-    /// How many streamed blocks a reader thread pulled from disk ahead of compute so far.
-    blocks_read_ahead: std::sync::atomic::AtomicUsize,
+    /// What the reader thread of streamed blocks read from disk so far.
+    disk_reads: DiskReads,
+}
+
+/// Counters of the reader thread (see [`Gemma2::disk_reads`]).
+#[derive(Debug, Default)]
+struct DiskReads {
+    blocks_ahead: AtomicUsize,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl DiskReads {
+    fn record(&self, ahead: bool, read: &[MissingRange], took: std::time::Duration) {
+        if ahead {
+            self.blocks_ahead.fetch_add(1, Relaxed);
+        }
+        let bytes: usize = read.iter().map(MissingRange::len).sum();
+        self.bytes.fetch_add(bytes as u64, Relaxed);
+        self.nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
 }
 
 const EMBED: &str = "model.embed_tokens.weight";
@@ -785,7 +805,7 @@ impl Gemma2 {
             cfg: cfg.clone(),
             dtype,
             device: device.clone(),
-            blocks_read_ahead: Default::default(),
+            disk_reads: Default::default(),
         };
         if parts.resident {
             model.blocks = (0..parts.blocks)
@@ -881,10 +901,19 @@ impl Gemma2 {
     }
 
     /// How many streamed blocks were not in the page cache when their turn neared, and were read
-    /// from disk by a reader thread while the block before them computed.
+    /// from disk by the reader thread while the block before them computed.
     pub fn blocks_read_ahead(&self) -> usize {
-        self.blocks_read_ahead
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.disk_reads.blocks_ahead.load(Relaxed)
+    }
+
+    /// Bytes of streamed blocks read from disk (not found in the page cache) so far, and the time
+    /// the reader spent reading them: beside compute, so a cold run's forward time is this time
+    /// when the disk is the limit.
+    pub fn disk_reads(&self) -> (u64, std::time::Duration) {
+        (
+            self.disk_reads.bytes.load(Relaxed),
+            std::time::Duration::from_nanos(self.disk_reads.nanos.load(Relaxed)),
+        )
     }
 
     /// Whether the tied LM head reads the embedding matrix in place from the file.
@@ -936,22 +965,17 @@ impl Gemma2 {
             .collect()
     }
 
-    /// Whether linear weights stored as f32 are read in place from the map (an f32 model on the
-    /// CPU) rather than copied into tensors.
-    fn reads_in_place(&self) -> bool {
-        self.dtype == DType::F32 && self.device.is_cpu()
-    }
-
     /// Calls `f` with each block of `layers` in order: the resident ones, or, when streamed, each
     /// built from the file and dropped after `f`, so that one block is alive at a time.
     ///
-    /// The pages of a streamed block that are not in the page cache (`mincore`) are read from
-    /// disk by a reader thread while the block before it computes, so that disk reads overlap
-    /// compute; only the missing pages, so a warm block (all cached, or a few pages trimmed since)
-    /// costs the reader next to nothing. On two cores a reader that copied whole cached blocks
-    /// beside gemm's threads measured slower (4.8-5.6 s against 4.1-5.0 s for `features --layer
-    /// 20` on the 2B shape). Weights read in place would otherwise fault in from disk a page at a
-    /// time, so the first block's missing pages are read before it runs.
+    /// Streamed blocks are paced by a reader thread that walks the blocks ahead of compute (at
+    /// most two ahead, so that a model larger than the page cache does not evict what is about
+    /// to run), reads from disk whatever pages of each block are not in the page cache
+    /// (`mincore`), and hands the block over once it is all in memory: disk reads overlap
+    /// compute and the disk never waits for a block boundary. Only missing pages are read, so a
+    /// warm block (all cached, or a few pages trimmed since) costs the reader a `mincore` call;
+    /// a reader that copied whole cached blocks beside gemm's threads measured slower on two
+    /// cores (4.8-5.6 s against 4.1-5.0 s for `features --layer 20` on the 2B shape).
     fn for_each_block(
         &self,
         layers: Range<usize>,
@@ -962,33 +986,30 @@ impl Gemma2 {
             return layers.into_iter().try_for_each(|l| f(&self.blocks[l]));
         }
         let Range { start, end } = layers;
-        let missing_pages = |layer: usize| {
-            let names = self.block_tensor_names(layer);
-            self.weights.uncached(names.iter().map(String::as_str))
-        };
+        let names: Vec<Vec<String>> = (start..end)
+            .map(|layer| self.block_tensor_names(layer))
+            .collect();
+        let (weights, read_ahead) = (&self.weights, &self.disk_reads);
         std::thread::scope(|scope| {
-            let mut reader: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
-            for layer in start..end {
-                if let Some(reader) = reader.take() {
-                    // A failed read surfaces below, when the block itself is read.
-                    let _ = reader.join();
-                }
-                if self.reads_in_place() {
-                    let missing = missing_pages(layer);
+            let (ready, block_ready) = std::sync::mpsc::sync_channel::<usize>(1);
+            scope.spawn(move || {
+                for (layer, names) in (start..end).zip(&names) {
+                    let missing = weights.uncached(names.iter().map(String::as_str));
                     if !missing.is_empty() {
-                        self.weights.read_into_cache(&missing);
+                        let started = std::time::Instant::now();
+                        weights.read_into_cache(&missing);
+                        read_ahead.record(layer > start, &missing, started.elapsed());
+                    }
+                    // Compute stopped early (an error): nothing more to read.
+                    if ready.send(layer).is_err() {
+                        return;
                     }
                 }
+            });
+            for layer in start..end {
+                // A reader that died leaves its blocks to be read when built: same numbers.
+                let _ = block_ready.recv();
                 let block = self.build_block(layer)?;
-                if layer + 1 < end {
-                    let next_missing = missing_pages(layer + 1);
-                    if !next_missing.is_empty() {
-                        self.blocks_read_ahead
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let weights = &self.weights;
-                        reader = Some(scope.spawn(move || weights.read_into_cache(&next_missing)));
-                    }
-                }
                 f(&block)?;
             }
             Ok(())

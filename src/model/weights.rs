@@ -402,6 +402,16 @@ pub struct MissingRange {
     end: usize,
 }
 
+impl MissingRange {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
 /// The runs of pages of `map[offset..offset + len]` that are not resident, as byte ranges clipped
 /// to that span.
 #[cfg(unix)]
