@@ -97,9 +97,6 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
     // Before any large download or allocation: will it fit?
     let plan = plan_for(parts, if layer_major { held } else { 1 });
     let model = job.load_model(parts, &plan)?;
-    let sae = sae_plan.load(&job.ui, sae_parts, &job.device)?;
-    let model_info = job.model_info();
-    let sae_info = sae_plan.info();
     let ui = &job.ui;
     if groups.len() > 1 {
         ui.detail(format!(
@@ -113,13 +110,22 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
             }
         ));
     }
-    let mut all = if layer_major {
-        ui.phase("forward", || {
-            pipeline::capture_groups(&model, &groups, point)
-        })?
-    } else {
-        Vec::new()
-    };
+    // The first forward pass (every group's, layer-major) runs while the SAE loads.
+    let (sae, first) = sae_plan.load_beside(ui, sae_parts, &job.device, || {
+        ui.phase("forward", || match layer_major {
+            true => pipeline::capture_groups(&model, &groups, point),
+            false => groups
+                .first()
+                .map_or(Ok(Vec::new()), |ids| {
+                    pipeline::capture_many(&model, ids, point)
+                })
+                .map(|a| vec![a]),
+        })
+    });
+    let sae = sae?;
+    let mut captured = first?;
+    let model_info = job.model_info();
+    let sae_info = sae_plan.info();
 
     let mut out = stdout();
     let mut reports = Vec::with_capacity(prompts.len());
@@ -131,12 +137,11 @@ pub fn run(args: FeaturesArgs, ui: Ui) -> Result<ExitCode> {
         labels = pending.take().and_then(|p| job.finish_labels(p));
     }
     for (g, group_ids) in groups.iter().enumerate() {
-        let activations = if layer_major {
-            std::mem::take(&mut all[g])
-        } else {
-            ui.phase("forward", || {
+        let activations = match captured.get_mut(g) {
+            Some(ready) => std::mem::take(ready),
+            None => ui.phase("forward", || {
                 pipeline::capture_many(&model, group_ids, point)
-            })?
+            })?,
         };
         for (offset, (ids, x)) in group_ids.iter().zip(&activations).enumerate() {
             let index = g * PROMPT_GROUP + offset;

@@ -289,6 +289,28 @@ impl SaePlan {
         })
     }
 
+    /// Loads the SAE on a thread while `work` (the first forward pass) runs on this one, and
+    /// returns both. The load is mostly first touches of 300 MB of fresh memory (a 16k SAE of 2B
+    /// width), slow and variable on a VM (0.13-0.9 s measured), and the blocks do not need it;
+    /// the `load` phase counts only the wait left after `work`.
+    pub fn load_beside<T>(
+        &self,
+        ui: &Ui,
+        parts: SaeParts,
+        device: &Device,
+        work: impl FnOnce() -> T,
+    ) -> (Result<JumpReluSae>, T) {
+        std::thread::scope(|scope| {
+            let (path, d_in) = (&self.resolved.path, self.d_in);
+            let loading = scope.spawn(move || JumpReluSae::load(path, d_in, parts, device));
+            let done = work();
+            let sae = ui.phase("load", || loading.join()).unwrap_or_else(|panic| {
+                std::panic::resume_unwind(panic);
+            });
+            (sae, done)
+        })
+    }
+
     pub fn neuronpedia(&self) -> Option<&Neuronpedia> {
         self.resolved.neuronpedia.as_ref()
     }
