@@ -13,7 +13,7 @@ s = open(p).read()
 assert a in s, f"pattern not found in {p}: {a}"
 open(p, 'w').write(s.replace(a, b, 1))
 PY
-  if { cargo test -q --test integration -- parity:: eval:: generate:: labels::explain_matches attribution:: cli::many_prompts && cargo test -q --lib sae::; } >/tmp/mut.log 2>&1; then
+  if { cargo test -q --test integration -- parity:: eval:: generate:: labels::explain_matches attribution:: cli::many_prompts && cargo test -q --lib -- sae:: in_place::; } >/tmp/mut.log 2>&1; then
     echo "MUTATION SURVIVED: $desc"
     survived=1
   else
@@ -44,4 +44,5 @@ try "attribution through the kernel softmax (no gradient)" src/model/gemma2.rs "
 try "layer-major runs a block once for the first group only" src/model/gemma2.rs ".map(|((x, ctx), hook)| block.forward(x, ctx, hook, None))" ".map(|((x, ctx), hook)| if std::ptr::eq(*ctx, ctxs[0]) { block.forward(x, ctx, hook, None) } else { Ok(x.clone()) })"
 try "streamed blocks never read ahead from disk" src/model/gemma2.rs "if !missing.is_empty() {" "if false {"
 try "in-place weights: the backward pass multiplies by W^T again" src/model/in_place.rs "transposed: !self.transposed," "transposed: self.transposed,"
+try "in-place weights: every thread writes the first columns" src/model/in_place.rs "(self.dst as *mut f32).add(first)," "(self.dst as *mut f32),"
 exit $survived

@@ -56,38 +56,27 @@ impl CustomOp1 for MappedProduct {
         }
         let mut dst = vec![0f32; rows * n];
         if rows > 0 && n > 0 {
-            let threads = candle_core::utils::get_num_threads();
-            let parallelism = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
+            let product = Product {
+                rows,
+                k,
+                lhs: lhs.as_ptr() as usize,
+                rhs: w.as_ptr() as usize,
+                rhs_row_stride,
+                rhs_col_stride,
+                dst: dst.as_mut_ptr() as usize,
+                dst_row_stride: n,
             };
-            // Safety: dst is `rows x n` row-major, lhs `rows x k` row-major (contiguous, checked
-            // above), and the strides address only `w`'s `out * in` values; gemm computes
-            // dst = 0 * dst + 1 * lhs @ rhs without reading dst (read_dst = false).
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    lhs.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    rhs_col_stride as isize,
-                    rhs_row_stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            }
+            // Each thread computes its own slice of the output columns with gemm's serial
+            // kernel, reading only its own rows of W: 1.6x gemm's own threading for a single
+            // row (a generated token: 33 against 18-21 GB/s out of the page cache, two cores),
+            // about 1.15x at 64 rows, equal at 512 (the 2B shape's blocks 0..=20, warm).
+            let threads = candle_core::utils::get_num_threads().clamp(1, n.div_ceil(16));
+            let chunk = n.div_ceil(threads).next_multiple_of(16).min(n);
+            rayon::scope(|scope| {
+                for first in (0..n).step_by(chunk) {
+                    scope.spawn(move |_| product.columns(first, chunk.min(n - first)));
+                }
+            });
         }
         Ok((CpuStorage::F32(dst), Shape::from((rows, n))))
     }
@@ -99,5 +88,98 @@ impl CustomOp1 for MappedProduct {
             transposed: !self.transposed,
         })?;
         Ok(Some(grad))
+    }
+}
+
+/// One `dst = lhs @ rhs` with row-major `lhs [rows, k]` and `dst [rows, n]` and a strided `rhs`,
+/// addresses kept as integers so that threads can share them.
+#[derive(Clone, Copy)]
+struct Product {
+    rows: usize,
+    k: usize,
+    lhs: usize,
+    rhs: usize,
+    rhs_row_stride: usize,
+    rhs_col_stride: usize,
+    dst: usize,
+    dst_row_stride: usize,
+}
+
+impl Product {
+    /// Output columns `first..first + count`, on this thread.
+    fn columns(self, first: usize, count: usize) {
+        // Safety: `lhs` holds `rows x k` values, `rhs` addresses `k` rows of at least
+        // `first + count` columns through its strides (checked by the caller against W's shape),
+        // `dst` holds `rows x dst_row_stride` values; each call writes only its own columns
+        // `first..first + count` of `dst`, so calls on other threads never touch the same value.
+        // gemm computes dst = 0 * dst + 1 * lhs @ rhs without reading dst (read_dst = false).
+        unsafe {
+            gemm::gemm(
+                self.rows,
+                count,
+                self.k,
+                (self.dst as *mut f32).add(first),
+                1,
+                self.dst_row_stride as isize,
+                false,
+                self.lhs as *const f32,
+                1,
+                self.k as isize,
+                (self.rhs as *const f32).add(first * self.rhs_col_stride),
+                self.rhs_col_stride as isize,
+                self.rhs_row_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::MappedWeights;
+    use candle_core::{Device, Var};
+
+    /// The in-place product and its gradient against candle's own matmul on a copied weight, for
+    /// shapes whose output columns do not split evenly over the threads.
+    #[test]
+    fn in_place_product_and_gradient_match_candle() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let (out_dim, in_dim) = (37, 23);
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+        candle_core::safetensors::save(&[("w", w.clone())].into_iter().collect(), &path).unwrap();
+        let weights = Arc::new(MappedWeights::open(&[path]).unwrap());
+        let matrix = Arc::new(weights.matrix("w", out_dim, in_dim).unwrap().unwrap());
+        for rows in [1, 5, 70] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap()).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (rows, out_dim), &dev).unwrap();
+            let expected = x.matmul(&w.t().unwrap()).unwrap();
+            let got = MappedProduct::linear(&x, &matrix).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| -> f32 {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            assert!(diff(&expected, &got) < 1e-5, "forward, {rows} rows");
+            let grad_of = |y: &Tensor| {
+                let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                grads.get(x.as_tensor()).unwrap().clone()
+            };
+            let (want, have) = (grad_of(&expected), grad_of(&got));
+            assert!(diff(&want, &have) < 1e-5, "gradient, {rows} rows");
+        }
     }
 }
