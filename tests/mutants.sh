@@ -45,4 +45,5 @@ try "layer-major runs a block once for the first group only" src/model/gemma2.rs
 try "streamed blocks never read ahead from disk" src/model/gemma2.rs "if !missing.is_empty() {" "if false {"
 try "in-place weights: the backward pass multiplies by W^T again" src/model/in_place.rs "transposed: !self.transposed," "transposed: self.transposed,"
 try "in-place weights: every thread writes the first columns" src/model/in_place.rs "(self.dst as *mut f32).add(first)," "(self.dst as *mut f32),"
+try "sparse decode drops the activation" src/sae.rs "*o += a * d;" "*o += d;"
 exit $survived

@@ -54,30 +54,7 @@ impl CustomOp1 for MappedProduct {
         if inner != k {
             candle_core::bail!("in-place product: input has {inner} columns, the weight {k} rows");
         }
-        let mut dst = vec![0f32; rows * n];
-        if rows > 0 && n > 0 {
-            let product = Product {
-                rows,
-                k,
-                lhs: lhs.as_ptr() as usize,
-                rhs: w.as_ptr() as usize,
-                rhs_row_stride,
-                rhs_col_stride,
-                dst: dst.as_mut_ptr() as usize,
-                dst_row_stride: n,
-            };
-            // Each thread computes its own slice of the output columns with gemm's serial
-            // kernel, reading only its own rows of W: 1.6x gemm's own threading for a single
-            // row (a generated token: 33 against 18-21 GB/s out of the page cache, two cores),
-            // about 1.15x at 64 rows, equal at 512 (the 2B shape's blocks 0..=20, warm).
-            let threads = candle_core::utils::get_num_threads().clamp(1, n.div_ceil(16));
-            let chunk = n.div_ceil(threads).next_multiple_of(16).min(n);
-            rayon::scope(|scope| {
-                for first in (0..n).step_by(chunk) {
-                    scope.spawn(move |_| product.columns(first, chunk.min(n - first)));
-                }
-            });
-        }
+        let dst = product(lhs, rows, k, w, (rhs_row_stride, rhs_col_stride), n);
         Ok((CpuStorage::F32(dst), Shape::from((rows, n))))
     }
 
@@ -89,6 +66,52 @@ impl CustomOp1 for MappedProduct {
         })?;
         Ok(Some(grad))
     }
+}
+
+/// `lhs @ rhs` as a row-major `[rows, n]` vector, for a row-major `lhs [rows, k]` and a `rhs
+/// [k, n]` given by `(row, column)` strides into `rhs_values`, on every thread.
+///
+/// Each thread computes its own slice of the output columns with gemm's serial kernel, reading
+/// only its own part of `rhs`: 1.6x gemm's own threading for a single row (a generated token: 33
+/// against 18-21 GB/s out of the page cache, two cores), about 1.15x at 64 rows, equal at 512
+/// (the 2B shape's blocks 0..=20, warm).
+pub fn product(
+    lhs: &[f32],
+    rows: usize,
+    k: usize,
+    rhs_values: &[f32],
+    (rhs_row_stride, rhs_col_stride): (usize, usize),
+    n: usize,
+) -> Vec<f32> {
+    assert!(lhs.len() >= rows * k, "lhs holds {rows} x {k} values");
+    if k > 0 && n > 0 {
+        let last = (k - 1) * rhs_row_stride + (n - 1) * rhs_col_stride;
+        assert!(
+            last < rhs_values.len(),
+            "rhs strides stay inside its values"
+        );
+    }
+    let mut dst = vec![0f32; rows * n];
+    if rows > 0 && n > 0 {
+        let product = Product {
+            rows,
+            k,
+            lhs: lhs.as_ptr() as usize,
+            rhs: rhs_values.as_ptr() as usize,
+            rhs_row_stride,
+            rhs_col_stride,
+            dst: dst.as_mut_ptr() as usize,
+            dst_row_stride: n,
+        };
+        let threads = candle_core::utils::get_num_threads().clamp(1, n.div_ceil(16));
+        let chunk = n.div_ceil(threads).next_multiple_of(16).min(n);
+        rayon::scope(|scope| {
+            for first in (0..n).step_by(chunk) {
+                scope.spawn(move |_| product.columns(first, chunk.min(n - first)));
+            }
+        });
+    }
+    dst
 }
 
 /// One `dst = lhs @ rhs` with row-major `lhs [rows, k]` and `dst [rows, n]` and a strided `rhs`,
@@ -109,7 +132,7 @@ impl Product {
     /// Output columns `first..first + count`, on this thread.
     fn columns(self, first: usize, count: usize) {
         // Safety: `lhs` holds `rows x k` values, `rhs` addresses `k` rows of at least
-        // `first + count` columns through its strides (checked by the caller against W's shape),
+        // `first + count` columns through its strides (asserted in `product`),
         // `dst` holds `rows x dst_row_stride` values; each call writes only its own columns
         // `first..first + count` of `dst`, so calls on other threads never touch the same value.
         // gemm computes dst = 0 * dst + 1 * lhs @ rhs without reading dst (read_dst = false).
