@@ -1,13 +1,16 @@
 //! The GEMM rate gemscope's kernels reach on this machine at the shapes of one Gemma 2 block's
 //! linear layers (q, k, v, o, gate, up, down), `x [rows, in] @ W[out, in]^T` exactly as
-//! `model::gemma2::Linear` runs them, timed block by block (the median is the rate to quote: on a
-//! shared VM single blocks vary by 1.5x): the compute half of the machine limit that
-//! `benches/machine_limit.py` measures. Prints one JSON line per row count on stdout.
+//! `model::gemma2::Linear` runs them on an f32 CPU model (`model::in_place::product`, W read where
+//! it lies), timed block by block (the median is the rate to quote: on a shared VM single blocks
+//! vary by 1.5x): the compute half of the machine limit that `benches/machine_limit.py` measures.
+//! candle's own matmul (gemm's threading) is timed beside it for comparison. Prints one JSON line
+//! per row count on stdout.
 //!
 //! Run: `cargo bench --bench gemm_rate -- [--rows 64,512] [--hidden 2304] [--ffn 9216]
 //! [--q 2048] [--kv 1024] [--seconds 2]` (defaults: Gemma 2 2B).
 
 use candle_core::{DType, Device, Tensor};
+use gemscope::model::in_place::product;
 use std::time::Instant;
 
 struct Shape {
@@ -75,30 +78,58 @@ fn main() {
             .iter()
             .map(|&(i, o)| 2.0 * rows as f64 * i as f64 * o as f64)
             .sum();
-        let run_block = || {
-            for (x, w) in inputs.iter().zip(&weights) {
-                let y = x.matmul(&w.t().unwrap()).expect("matmul");
-                std::hint::black_box(y);
+        let candle = |x: &Tensor, w: &Tensor| {
+            std::hint::black_box(x.matmul(&w.t().unwrap()).expect("matmul"));
+        };
+        let host: Vec<(Vec<f32>, Vec<f32>)> = inputs
+            .iter()
+            .zip(&weights)
+            .map(|(x, w)| (flat(x), flat(w)))
+            .collect();
+        let in_place_block = || {
+            for ((x, w), (i, o)) in host.iter().zip(layers.iter()) {
+                std::hint::black_box(product(x, rows, *i, w, (1, *i), *o));
             }
         };
-        run_block(); // warm caches and gemm's thread pool
-        let started = Instant::now();
-        let mut times = Vec::new();
-        while started.elapsed().as_secs_f64() < shape.seconds || times.len() < 3 {
-            let t = Instant::now();
-            run_block();
-            times.push(t.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        let candle_block = || {
+            for (x, w) in inputs.iter().zip(&weights) {
+                candle(x, w);
+            }
+        };
+        let in_place_times = time_blocks(&in_place_block, shape.seconds);
+        let candle_times = time_blocks(&candle_block, shape.seconds);
+        let rate = |t: f64| flops_per_block / t / 1e9;
+        let median = |times: &[f64]| times[times.len() / 2];
+        let mean = in_place_times.iter().sum::<f64>() / in_place_times.len() as f64;
         println!(
-            "{{\"rows\": {rows}, \"gflops_median\": {:.2}, \"gflops_best\": {:.2}, \"gflops_mean\": {:.2}, \"blocks\": {}, \"threads\": {}}}",
-            flops_per_block / median / 1e9,
-            flops_per_block / times[0] / 1e9,
-            flops_per_block / mean / 1e9,
-            times.len(),
+            "{{\"rows\": {rows}, \"gflops_median\": {:.2}, \"gflops_best\": {:.2}, \"gflops_mean\": {:.2}, \"blocks\": {}, \"candle_matmul_gflops_median\": {:.2}, \"threads\": {}}}",
+            rate(median(&in_place_times)),
+            rate(in_place_times[0]),
+            rate(mean),
+            in_place_times.len(),
+            rate(median(&candle_times)),
             candle_core::utils::get_num_threads()
         );
     }
+}
+
+/// A tensor's values, row-major.
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("f32 values")
+}
+
+/// Block times in seconds, sorted, over at least `seconds` and 3 blocks, after one warm-up block.
+fn time_blocks(run_block: &dyn Fn(), seconds: f64) -> Vec<f64> {
+    run_block(); // warm caches and the thread pool
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while started.elapsed().as_secs_f64() < seconds || times.len() < 3 {
+        let t = Instant::now();
+        run_block();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times
 }
