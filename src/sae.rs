@@ -470,16 +470,7 @@ mod tests {
             let f = candle_core::Var::from_tensor(&(values * mask).unwrap()).unwrap();
             let dense = f.matmul(&w).unwrap();
             let sparse = f.apply_op2(&w, SparseDecode).unwrap();
-            let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
+            let max_diff = crate::model::in_place::max_abs_diff;
             assert!(
                 max_diff(&dense, &sparse) < 1e-5,
                 "{rows} rows, density {keep}"

@@ -162,6 +162,14 @@ impl Product {
     }
 }
 
+/// The largest absolute difference between two tensors of one shape (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar())
+        .expect("tensors of one shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,23 +194,13 @@ mod tests {
             let r = Tensor::randn(0f32, 1.0, (rows, out_dim), &dev).unwrap();
             let expected = x.matmul(&w.t().unwrap()).unwrap();
             let got = MappedProduct::linear(&x, &matrix).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
-            assert!(diff(&expected, &got) < 1e-5, "forward, {rows} rows");
+            assert!(max_abs_diff(&expected, &got) < 1e-5, "forward, {rows} rows");
             let grad_of = |y: &Tensor| {
                 let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 grads.get(x.as_tensor()).unwrap().clone()
             };
             let (want, have) = (grad_of(&expected), grad_of(&got));
-            assert!(diff(&want, &have) < 1e-5, "gradient, {rows} rows");
+            assert!(max_abs_diff(&want, &have) < 1e-5, "gradient, {rows} rows");
         }
     }
 }
