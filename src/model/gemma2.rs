@@ -352,6 +352,14 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The weight when it was loaded into a tensor (not read in place).
+    fn loaded_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Loaded(weight) => Some(weight),
+            LinearWeight::Mapped(_) => None,
+        }
+    }
+
     /// Whether the weight is read in place from the mapped file (see [`MappedProduct`]).
     pub fn reads_in_place(&self) -> bool {
         matches!(self.weight, LinearWeight::Mapped(_))
@@ -712,11 +720,9 @@ pub struct Gemma2 {
     weights: Arc<MappedWeights>,
     /// Builds blocks on demand; rooted at the checkpoint's `model.` prefix.
     vb: VarBuilder<'static>,
-    /// The embedding matrix, kept only when the tied LM head needs all of it; otherwise the rows
-    /// a prompt uses are read from the file.
-    embed_tokens: Option<Tensor>,
-    /// The tied LM head read in place from the file (f32 on the CPU), instead of `embed_tokens`.
-    lm_head: Option<Arc<MappedMatrix>>,
+    /// The tied LM head (the embedding matrix), present only when logits were asked for: read
+    /// in place on an f32 CPU model, else loaded whole (and then also the embedding table).
+    lm_head: Option<Linear>,
     /// Resident blocks (all of them), or none when blocks are streamed.
     blocks: Vec<DecoderBlock>,
     n_blocks: usize,
@@ -769,20 +775,18 @@ impl Gemma2 {
         let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
             Box::new(SharedWeights(weights.clone()));
         let vb = VarBuilder::from_backend(backend, dtype, device.clone()).pp("model");
-        // The embedding is loaded whole only for the tied LM head; otherwise only its shape is
-        // checked here, from the header, and the rows a prompt needs are read when it runs.
-        // On an f32 CPU model the tied LM head reads the f32 matrix in place (2.4 GB for the 2B
-        // model, not copied); the embedding's rows are then gathered from the file like a
-        // streamed model's.
-        let embed_shape = (cfg.vocab_size, cfg.hidden_size);
-        let lm_head = match parts.head && dtype == DType::F32 && device.is_cpu() {
-            true => weights
-                .matrix(EMBED, cfg.vocab_size, cfg.hidden_size)?
-                .map(Arc::new),
-            false => None,
-        };
-        let embed_tokens = if parts.head && lm_head.is_none() {
-            Some(vb.pp("embed_tokens").get(embed_shape, "weight")?)
+        // The embedding is the tied LM head's weight: a linear layer like any other (read in
+        // place on an f32 CPU model, 2.4 GB for the 2B not copied; else loaded whole). Without
+        // the head only its shape is checked here, from the header, and the rows a prompt needs
+        // are read when it runs.
+        let lm_head = if parts.head {
+            Some(Linear::new(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+                vb.pp("embed_tokens"),
+                Some(&weights),
+            )?)
         } else {
             match weights.shape(EMBED) {
                 Some(shape) if shape == [cfg.vocab_size, cfg.hidden_size] => None,
@@ -797,7 +801,6 @@ impl Gemma2 {
         let mut model = Self {
             weights,
             vb,
-            embed_tokens,
             lm_head,
             blocks: Vec::new(),
             n_blocks: parts.blocks,
@@ -857,7 +860,7 @@ impl Gemma2 {
     /// a slice of the loaded matrix, or read from the mapped file, so that a caller can run the
     /// LM head slice by slice without holding the whole matrix.
     pub fn embedding_rows(&self, start: usize, len: usize) -> Result<Tensor> {
-        match &self.embed_tokens {
+        match self.embedding_table() {
             Some(table) => table.narrow(0, start, len),
             None => self
                 .weights
@@ -916,9 +919,15 @@ impl Gemma2 {
         )
     }
 
+    /// The whole embedding matrix when the LM head loaded it; `None` when rows are read from the
+    /// file instead.
+    fn embedding_table(&self) -> Option<&Tensor> {
+        self.lm_head.as_ref().and_then(Linear::loaded_weight)
+    }
+
     /// Whether the tied LM head reads the embedding matrix in place from the file.
     pub fn head_reads_in_place(&self) -> bool {
-        self.lm_head.is_some()
+        self.lm_head.as_ref().is_some_and(Linear::reads_in_place)
     }
 
     /// Number of available blocks: layers `0..loaded_blocks()` can be run.
@@ -933,7 +942,7 @@ impl Gemma2 {
     /// Token embeddings `[b, t, hidden]`, scaled by `sqrt(hidden_size)` rounded to the model dtype.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let rows = match &self.embed_tokens {
+        let rows = match self.embedding_table() {
             Some(table) => table.index_select(&input_ids.flatten_all()?, 0)?,
             None => {
                 let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
@@ -1065,20 +1074,10 @@ impl Gemma2 {
             candle_core::bail!("the LM head was not loaded (load with Parts::full)");
         };
         let xs = norm.forward(xs)?;
-        let logits = match (&self.lm_head, &self.embed_tokens) {
-            (Some(head), _) => {
-                let mut dims = xs.dims().to_vec();
-                let hidden = dims.pop().unwrap_or(0);
-                let rows = xs.elem_count() / hidden.max(1);
-                let logits = MappedProduct::linear(&xs.reshape((rows, hidden))?, head)?;
-                dims.push(head.rows());
-                logits.reshape(dims)?
-            }
-            (None, Some(embed)) => xs.broadcast_matmul(&embed.t()?)?,
-            (None, None) => {
-                candle_core::bail!("the LM head was not loaded (load with Parts::full)")
-            }
+        let Some(head) = &self.lm_head else {
+            candle_core::bail!("the LM head was not loaded (load with Parts::full)");
         };
+        let logits = head.forward(&xs)?;
         softcap(&logits, self.cfg.final_logit_softcapping)
     }
 
