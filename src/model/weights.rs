@@ -315,7 +315,7 @@ impl MappedMatrix {
 impl Drop for MappedMatrix {
     fn drop(&mut self) {
         self.weights
-            .release(self.shard, self.start, self.rows * self.cols * 4);
+            .release(self.shard, self.start, std::mem::size_of_val(self.values()));
     }
 }
 
@@ -403,12 +403,8 @@ pub struct MissingRange {
 }
 
 impl MissingRange {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
     }
 }
 
