@@ -284,9 +284,12 @@ impl SaePlan {
     }
 
     pub fn load(&self, ui: &Ui, parts: SaeParts, device: &Device) -> Result<JumpReluSae> {
-        ui.phase("load", || {
-            JumpReluSae::load(&self.resolved.path, self.d_in, parts, device)
-        })
+        ui.phase("load", || self.read(parts, device))
+    }
+
+    /// The SAE's parameters read from its file (no phase timing: for any thread).
+    fn read(&self, parts: SaeParts, device: &Device) -> Result<JumpReluSae> {
+        JumpReluSae::load(&self.resolved.path, self.d_in, parts, device)
     }
 
     /// Loads the SAE on a thread while `work` (the first forward pass) runs on this one, and
@@ -301,8 +304,7 @@ impl SaePlan {
         work: impl FnOnce() -> T,
     ) -> (Result<JumpReluSae>, T) {
         std::thread::scope(|scope| {
-            let (path, d_in) = (&self.resolved.path, self.d_in);
-            let loading = scope.spawn(move || JumpReluSae::load(path, d_in, parts, device));
+            let loading = scope.spawn(|| self.read(parts, device));
             let done = work();
             let sae = ui.phase("load", || loading.join()).unwrap_or_else(|panic| {
                 std::panic::resume_unwind(panic);
